@@ -39,7 +39,8 @@ class thread_executor {
 
   template <class F>
   void parallel_for(index_t n, F&& f) const {
-    const unsigned workers = static_cast<unsigned>(std::min<index_t>(threads_, n));
+    // n <= 0 runs nothing (as inline_executor); a negative n must not become a huge unsigned worker count.
+    const unsigned workers = static_cast<unsigned>(std::clamp<index_t>(n, 0, threads_));
     if (workers <= 1) {
       for (index_t i = 0; i < n; ++i) f(i);
       return;

@@ -85,9 +85,10 @@ struct strided_view {
     return {data, {extent[1], extent[0]}, {stride[1], stride[0]}};
   }
 
-  /// Implicit conversion to a view of const elements.
-  template <class U = T, std::enable_if_t<!std::is_const_v<U>, int> = 0>
-  SAGEPTQ_HOST_DEVICE constexpr operator strided_view<const T, Rank, Space, Index>() const noexcept {
+  /// Implicit conversion to a view of const elements. U is deduced from the target type (U == T), so a view of
+  /// const elements declares no conversion to itself.
+  template <class U, std::enable_if_t<std::is_same_v<U, T> && !std::is_const_v<U>, int> = 0>
+  SAGEPTQ_HOST_DEVICE constexpr operator strided_view<const U, Rank, Space, Index>() const noexcept {
     strided_view<const T, Rank, Space, Index> v{data, {}, {}};
     for (int d = 0; d < Rank; ++d) {
       v.extent[d] = extent[d];

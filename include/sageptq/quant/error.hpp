@@ -7,6 +7,7 @@
 #include "../config.hpp"
 #include "../core/executor.hpp"
 #include "../core/numeric.hpp"
+#include "../core/tensor_traits.hpp"
 #include "../core/tensor_view.hpp"
 
 SAGEPTQ_NAMESPACE_BEGIN
@@ -14,8 +15,11 @@ namespace quant {
 
 /// ||(W - Q) X^T|| / ||W X^T||: relative error of the layer output over calibration tokens.
 /// W and Q are rows x cols; X is samples x cols (one token per row).
-template <class TW, class TQ, class TX, executor Exec = inline_executor>
-double relative_output_error(matrix_view<TW> w, matrix_view<TQ> q, matrix_view<TX> x, const Exec& exec = {}) {
+template <host_matrix_like W, host_matrix_like Q, host_matrix_like X, executor Exec = inline_executor>
+double relative_output_error(const W& weights, const Q& quantized, const X& activations, const Exec& exec = {}) {
+  const auto w = sageptq::view(weights);
+  const auto q = sageptq::view(quantized);
+  const auto x = sageptq::view(activations);
   SAGEPTQ_ASSERT(w.rows() == q.rows() && w.cols() == q.cols() && x.cols() == w.cols());
   std::vector<double> num(static_cast<std::size_t>(w.rows())), den(static_cast<std::size_t>(w.rows()));
   exec.parallel_for(w.rows(), [&](index_t r) {
