@@ -1,0 +1,171 @@
+#pragma once
+/// @file uniform.hpp
+/// Uniform b-bit quantizer fitted per output channel (row) or per group of columns, on quant::uniform_grid:
+/// GPTQ's min-max grid, optionally with GPTQ/SEPTQ's MSE range search (quant.py `find_params(mse=True)`): for
+/// i < int(max_shrink · grid), p = 1 − i/grid, fit the grid to [p·min, p·max], err = Σ |quantize(x) − x|^norm, keep
+/// the first grid of least error.
+///
+/// Differences from GPTQ's quant.py, both deliberate:
+///  - scales are rounded to fp16 before zero points and codes are computed (uniform_grid.hpp), so a stored scale
+///    reproduces the output; the effect on the error is negligible (tests/quant/uniform_test.cpp measures it);
+///  - the symmetric grid is format/rtn.hpp's (levels at half-integers, no zero level), not GPTQ's zero (maxq+1)/2.
+/// An all-zero row gets scale 0 (GPTQ widens it to [-1, 1]); both quantize it to zeros.
+///
+/// Input: host matrix (rows = output channels), any element type `to_float` accepts. Output: `uniform_matrix`
+/// (grids + one code per byte), unpacked so that packers and the compensation loop can share it. Rows are independent
+/// and run on the caller's executor: the result does not depend on the thread count.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "../config.hpp"
+#include "../core/executor.hpp"
+#include "../core/numeric.hpp"
+#include "../core/status.hpp"
+#include "../core/tensor_traits.hpp"
+#include "../core/validate.hpp"
+#include "uniform_grid.hpp"
+
+SAGEPTQ_NAMESPACE_BEGIN
+namespace quant {
+
+/// GPTQ's MSE range search parameters (quant.py defaults).
+struct range_search {
+  int grid = 100;
+  double max_shrink = 0.8;
+  double norm = 2.4;
+};
+
+struct uniform_config {
+  int bits = 4;            ///< 1..8
+  index_t group_size = 0;  ///< columns per grid; 0 (or >= cols) means one grid per row
+  bool symmetric = false;
+  bool mse = false;  ///< search the range (GPTQ mse=True, SEPTQ's importance quantizer)
+  range_search search{};
+
+  [[nodiscard]] index_t group_columns(index_t cols) const noexcept {
+    return group_size == 0 ? cols : std::min(group_size, cols);
+  }
+};
+
+/// invalid_argument for out-of-range parameters.
+inline outcome check_uniform_config(const uniform_config& cfg) {
+  if (cfg.bits < 1 || cfg.bits > 8)
+    return fail(status::invalid_argument, "uniform bits must be in [1, 8], got " + std::to_string(cfg.bits));
+  if (cfg.group_size < 0)
+    return fail(status::invalid_argument, "uniform group_size must be >= 0, got " + std::to_string(cfg.group_size));
+  if (cfg.mse &&
+      (cfg.search.grid < 1 || !(cfg.search.max_shrink > 0 && cfg.search.max_shrink <= 1) || !(cfg.search.norm > 0)))
+    return fail(status::invalid_argument, "range search needs grid >= 1, max_shrink in (0, 1] and norm > 0");
+  return {};
+}
+
+/// Fit one grid to the values of `x` (a row, or a group of it). `x` must be non-empty and finite.
+template <class T, class S>
+uniform_grid fit_uniform_grid(const strided_view<T, 1, S>& x, const uniform_config& cfg) {
+  SAGEPTQ_ASSERT(x.size() > 0);
+  float lo = to_float(x(0)), hi = lo;
+  for (index_t i = 1; i < x.size(); ++i) {
+    lo = std::min(lo, to_float(x(i)));
+    hi = std::max(hi, to_float(x(i)));
+  }
+  uniform_grid best = fit_minmax_grid(lo, hi, cfg.bits, cfg.symmetric);
+  if (!cfg.mse) return best;
+  const int steps = static_cast<int>(cfg.search.max_shrink * cfg.search.grid);
+  const auto norm = static_cast<float>(cfg.search.norm);
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < steps; ++i) {
+    const auto p = static_cast<float>(1.0 - static_cast<double>(i) / cfg.search.grid);
+    const uniform_grid g = fit_minmax_grid(p * lo, p * hi, cfg.bits, cfg.symmetric);
+    double err = 0;
+    for (index_t j = 0; j < x.size(); ++j) {
+      const float v = to_float(x(j));
+      err += std::pow(std::fabs(g.quantize(v) - v), norm);
+    }
+    if (err < best_err) {  // strict: the first (widest) of equal grids wins, as in quant.py
+      best_err = err;
+      best = g;
+    }
+  }
+  return best;
+}
+
+/// Uniform codes with their grids, one code per byte.
+struct uniform_matrix {
+  index_t rows = 0, cols = 0;
+  int bits = 0;
+  bool symmetric = false;
+  index_t groups_per_row = 0;
+  std::vector<uniform_grid> grids;    ///< rows x groups_per_row
+  std::vector<index_t> column_group;  ///< group of each column: c / group size, or GPTQ's g_idx under act order
+  std::vector<std::uint8_t> codes;    ///< rows x cols
+
+  [[nodiscard]] const uniform_grid& grid(index_t r, index_t c) const noexcept {
+    return grids[static_cast<std::size_t>(r * groups_per_row + column_group[static_cast<std::size_t>(c)])];
+  }
+  [[nodiscard]] float value(index_t r, index_t c) const noexcept {
+    return grid(r, c).value(codes[static_cast<std::size_t>(r * cols + c)]);
+  }
+  /// The dequantized matrix, rows x cols row-major.
+  [[nodiscard]] std::vector<float> dequantize() const {
+    std::vector<float> out(static_cast<std::size_t>(rows * cols));
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t c = 0; c < cols; ++c) out[static_cast<std::size_t>(r * cols + c)] = value(r, c);
+    return out;
+  }
+};
+
+/// An empty uniform_matrix shaped for `rows x cols` with contiguous groups (grids and codes zeroed).
+inline uniform_matrix make_uniform_matrix(index_t rows, index_t cols, const uniform_config& cfg) {
+  uniform_matrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.bits = cfg.bits;
+  m.symmetric = cfg.symmetric;
+  const index_t g = cfg.group_columns(cols);
+  m.groups_per_row = (cols + g - 1) / g;
+  m.grids.assign(static_cast<std::size_t>(rows * m.groups_per_row), uniform_grid{});
+  m.column_group.resize(static_cast<std::size_t>(cols));
+  for (index_t c = 0; c < cols; ++c) m.column_group[static_cast<std::size_t>(c)] = c / g;
+  m.codes.assign(static_cast<std::size_t>(rows * cols), 0);
+  return m;
+}
+
+/// unsupported when a fitted scale does not fit fp16 (|w| beyond ~65504 · (2^b − 1)).
+inline outcome check_grid_scales(const uniform_matrix& m) {
+  for (std::size_t i = 0; i < m.grids.size(); ++i)
+    if (!is_finite(m.grids[i].scale))
+      return fail(status::unsupported, "a uniform scale of row " +
+                                           std::to_string(static_cast<index_t>(i) / m.groups_per_row) +
+                                           " exceeds the fp16 range");
+  return {};
+}
+
+/// Round-to-nearest with grids fitted per row or group (RTN; with cfg.mse, SEPTQ's reference quantization Q0).
+/// @return grids and codes, or invalid_argument / invalid_shape / non_finite_input / unsupported.
+template <host_matrix_like Weights, executor Exec = inline_executor>
+result<uniform_matrix> quantize_uniform(const Weights& weights, const uniform_config& cfg, const Exec& exec = {}) {
+  const auto w = sageptq::view(weights);
+  if (auto ok = check_uniform_config(cfg); !ok) return ok;
+  if (auto ok = check_finite_matrix(w, "weight matrix"); !ok) return ok;
+  uniform_matrix m = make_uniform_matrix(w.rows(), w.cols(), cfg);
+  const index_t g = cfg.group_columns(w.cols());
+  exec.parallel_for(m.rows, [&](index_t r) {
+    for (index_t k = 0; k < m.groups_per_row; ++k) {
+      const index_t c0 = k * g, n = std::min(g, m.cols - c0);
+      const uniform_grid grid = fit_uniform_grid(w.block(r, c0, 1, n).row(0), cfg);
+      m.grids[static_cast<std::size_t>(r * m.groups_per_row + k)] = grid;
+      for (index_t c = c0; c < c0 + n; ++c)
+        m.codes[static_cast<std::size_t>(r * m.cols + c)] = static_cast<std::uint8_t>(grid.code(to_float(w(r, c))));
+    }
+  });
+  if (auto ok = check_grid_scales(m); !ok) return ok;
+  return m;
+}
+
+}  // namespace quant
+SAGEPTQ_NAMESPACE_END
