@@ -1,0 +1,403 @@
+#pragma once
+/// @file sage.hpp
+/// SAGE-PTQ for one matrix: salient input channels kept multi-bit, the rest binarized with one scalar per group,
+/// the saliency threshold and the number of groups chosen per matrix to minimise the calibrated error
+/// tr((W - Q) H (W - Q)^T) under a full-bits budget.
+///
+/// Steps (each a library stage, each choice a config field; docs/algorithms.md §1.2 has the reconstruction):
+///  1. Saliency: a score per input channel (default Hessian-weighted, sum_i w_ij^2 / U_jj^2); candidate salient sets
+///     are the channels above mu + t * sigma of the scores for every t of `sigma_grid`, plus the empty set.
+///  2. Groups: the binarized channels are clustered into G column groups (group::column_groups), and the scale of
+///     weight (r, c) is alpha_r * beta_g(c) (quant::fit_factorized, weighted by diag H): structural groups that the
+///     decoder derives from G + 1 offsets, so G costs almost no bits (format/sage.hpp).
+///  3. Quantizer: sign(w) * alpha_r * beta_g for binarized channels; a per-row `salient_bits` uniform grid with GPTQ's
+///     MSE range search for salient channels.
+///  4. Compensation: GPTQ's column-by-column update (compensate::gptq) with that quantizer as its column policy.
+///  5. Refit: with the signs fixed, each alpha_r is re-solved in the H metric (closed form), which can only lower the
+///     error.
+///  6. Adaptive threshold: every (salient set, G) candidate within the budget is screened by a cheap proxy (no
+///     compensation, diag-H error); the best `screened_candidates` run steps 4-5, and the lowest error wins.
+/// Output: the packed format::sage_matrix, its decoded values (bit-identical to decode()), and the report.
+/// Threading: rows and row blocks on the caller's executor; results do not depend on the thread count.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../calib/hessian.hpp"
+#include "../compensate/gptq.hpp"
+#include "../config.hpp"
+#include "../core/executor.hpp"
+#include "../core/status.hpp"
+#include "../core/tensor_traits.hpp"
+#include "../core/validate.hpp"
+#include "../format/binary_term.hpp"
+#include "../format/sage.hpp"
+#include "../group/assign.hpp"
+#include "../quant/binarize.hpp"
+#include "../quant/uniform.hpp"
+#include "../saliency/metric.hpp"
+#include "../saliency/split.hpp"
+#include "quantized.hpp"
+
+SAGEPTQ_NAMESPACE_BEGIN
+namespace pipeline {
+
+enum class sage_saliency { hessian, magnitude };
+
+struct sage_config {
+  double target_bpw = 1.1;  ///< budget on full bits per weight; <= 0 means no budget
+  int salient_bits = 4;     ///< bits of the salient channels' codes (2..8)
+  sage_saliency metric = sage_saliency::hessian;
+  /// Candidate thresholds t (salient iff score > mu + t * sigma). The empty salient set is always a candidate.
+  std::vector<double> sigma_grid = {6.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5};
+  std::vector<int> group_grid = {1, 2, 4, 8};  ///< candidate G
+  int screened_candidates = 3;                 ///< candidates that get the full quantization (>= 1)
+  bool compensate = true;                      ///< GPTQ error compensation
+  bool refit_row_scales = true;                ///< closed-form alpha_r in the H metric after compensation
+  index_t block_size = 128;                    ///< GPTQ block
+};
+
+namespace detail {
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// Everything a candidate's quantizer needs, fitted before compensation.
+struct sage_fit {
+  std::vector<std::int32_t> column_group;  ///< group of every column, -1 for salient ones
+  int groups = 1;
+  quant::factorized_scales scales;
+  std::vector<quant::uniform_grid> salient_grid;  ///< one per row (empty without salient columns)
+};
+
+/// One candidate of the adaptive search: which channels are salient and how many groups the rest has.
+struct sage_candidate {
+  std::vector<index_t> salient;  ///< sorted source columns
+  int groups = 1;
+  sage_fit fit;
+  double proxy = 0;  ///< error without compensation, sum_ij (w - q)^2 H_jj
+};
+
+/// The shape a candidate would have, for its exact bit count (no allocation of the payload).
+inline format::sage_shape candidate_shape(index_t rows, index_t cols, index_t salient, int groups, int salient_bits) {
+  format::sage_shape s;
+  s.rows = static_cast<std::uint32_t>(rows);
+  s.cols = static_cast<std::uint32_t>(cols);
+  s.orig_rows = s.rows;
+  s.orig_cols = s.cols;
+  s.salient_cols = static_cast<std::uint32_t>(salient);
+  s.groups = static_cast<std::uint32_t>(groups);
+  s.salient_bits = salient > 0 ? static_cast<std::uint8_t>(salient_bits) : std::uint8_t{0};
+  return s;
+}
+
+/// GPTQ column policy of SAGE: sign * alpha_r * beta_g, or the row's salient grid. Records signs and codes.
+class sage_columns {
+ public:
+  sage_columns(const sage_fit& fit, std::span<const index_t> perm, index_t rows, index_t cols)
+      : fit_(fit), perm_(perm), cols_(cols), symbol_(static_cast<std::size_t>(rows * cols), 0) {}
+
+  template <executor Exec>
+  outcome begin_block(const compensate::block_context&, const Exec&) {
+    return {};
+  }
+
+  void quantize_column(index_t col, index_t row_begin, std::span<const float> w, std::span<float> q) {
+    const index_t c = perm_[static_cast<std::size_t>(col)];
+    const std::int32_t g = fit_.column_group[static_cast<std::size_t>(c)];
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      const index_t r = row_begin + static_cast<index_t>(i);
+      std::uint8_t& symbol = symbol_[static_cast<std::size_t>(r * cols_ + c)];
+      if (g < 0) {
+        const quant::uniform_grid& grid = fit_.salient_grid[static_cast<std::size_t>(r)];
+        const std::uint32_t code = grid.code(w[i]);
+        symbol = static_cast<std::uint8_t>(code);
+        q[i] = grid.value(code);
+      } else {
+        const bool positive = w[i] >= 0.0f;
+        symbol = positive ? 1 : 0;
+        const float s = fit_.scales.scale(r, g);
+        q[i] = positive ? s : -s;
+      }
+    }
+  }
+
+  /// Per weight: the sign bit (binarized columns) or the code (salient columns), source column order.
+  [[nodiscard]] const std::vector<std::uint8_t>& symbols() const noexcept { return symbol_; }
+
+ private:
+  const sage_fit& fit_;
+  std::span<const index_t> perm_;
+  index_t cols_;
+  std::vector<std::uint8_t> symbol_;
+};
+
+}  // namespace detail
+
+/// SAGE-PTQ of one matrix (see the file comment).
+/// @param weights rows x cols (output x input channels), any host_matrix_like
+/// @param factor  calibration statistics of the layer's inputs (calib::prepare)
+/// @return the packed matrix, its decoded values and the report; invalid_argument for a bad config, invalid_shape
+///         / non_finite_input for bad inputs, invalid_argument when no candidate fits the budget (the message says
+///         the smallest full bpw reachable).
+template <host_matrix_like Weights, executor Exec = inline_executor>
+result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, const calib::hessian_factor& factor,
+                                                     const sage_config& cfg = {}, const Exec& exec = {}) {
+  using clock = std::chrono::steady_clock;
+  const auto w_in = sageptq::view(weights);
+  if (auto ok = check_finite_matrix(w_in, "weight matrix"); !ok) return ok;
+  const index_t rows = w_in.rows(), cols = w_in.cols();
+  if (factor.cols() != cols)
+    return fail(status::invalid_shape, "the Hessian factor is for " + std::to_string(factor.cols()) +
+                                           " columns, the weight matrix has " + std::to_string(cols));
+  if (cfg.salient_bits < 2 || cfg.salient_bits > 8)
+    return fail(status::invalid_argument, "sage salient_bits must be in [2, 8], got " + std::to_string(cfg.salient_bits));
+  if (cfg.group_grid.empty() || cfg.screened_candidates < 1)
+    return fail(status::invalid_argument, "sage needs a non-empty group_grid and screened_candidates >= 1");
+  for (int g : cfg.group_grid)
+    if (g < 1 || g > 256) return fail(status::invalid_argument, "sage group counts must be in [1, 256]");
+
+  quantized<format::sage_matrix> out;
+  matrix_report& report = out.report;
+  report.method = "sage";
+  report.rows = rows;
+  report.cols = cols;
+
+  // W0: the weights with dead columns zeroed (their inputs are always 0), as GPTQ does.
+  std::vector<float> w0(static_cast<std::size_t>(rows * cols));
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < cols; ++c) w0[static_cast<std::size_t>(r * cols + c)] = to_float(w_in(r, c));
+  for (index_t c : factor.dead_columns)
+    for (index_t r = 0; r < rows; ++r) w0[static_cast<std::size_t>(r * cols + c)] = 0.0f;
+  const auto w0_view = make_matrix_view(static_cast<const float*>(w0.data()), rows, cols);
+  std::vector<float> h_diag(static_cast<std::size_t>(cols));
+  for (index_t c = 0; c < cols; ++c) h_diag[static_cast<std::size_t>(c)] = static_cast<float>(factor.h(c, c));
+
+  // 1. Saliency scores per input channel and the candidate salient sets.
+  auto t0 = clock::now();
+  std::vector<float> u_diag(static_cast<std::size_t>(cols));
+  for (index_t k = 0; k < cols; ++k)
+    u_diag[static_cast<std::size_t>(factor.perm[static_cast<std::size_t>(k)])] = static_cast<float>(factor.u(k, k));
+  const auto scored = cfg.metric == sage_saliency::hessian
+                          ? saliency::score(saliency::hessian{}, w0_view, saliency::granularity::input_channel,
+                                            make_vector_view(static_cast<const float*>(u_diag.data()), cols),
+                                            saliency::no_input{}, exec)
+                          : saliency::score(saliency::magnitude{}, w0_view, saliency::granularity::input_channel,
+                                            saliency::no_input{}, saliency::no_input{}, exec);
+  if (!scored.ok()) return scored.as_outcome();
+  std::vector<std::vector<index_t>> salient_sets{{}};
+  for (double t : cfg.sigma_grid) {
+    auto set = saliency::split(*scored, saliency::split_rule::sigmas(t));
+    if (!set.ok()) return set.as_outcome();
+    if (std::ssize(set->indices) >= cols) continue;  // at least one binarized column
+    if (std::find(salient_sets.begin(), salient_sets.end(), set->indices) == salient_sets.end())
+      salient_sets.push_back(std::move(set->indices));
+  }
+  report.times.saliency = detail::seconds_since(t0);
+
+  // Candidates within the budget.
+  t0 = clock::now();
+  std::vector<detail::sage_candidate> candidates;
+  double cheapest = std::numeric_limits<double>::infinity();
+  for (const auto& set : salient_sets)
+    for (int g : cfg.group_grid) {
+      if (g > cols - std::ssize(set)) continue;
+      const double bpw =
+          format::sage_bits(detail::candidate_shape(rows, cols, std::ssize(set), g, cfg.salient_bits)).full_bpw();
+      cheapest = std::min(cheapest, bpw);
+      if (cfg.target_bpw > 0 && bpw > cfg.target_bpw) continue;
+      candidates.push_back({set, g, {}, 0.0});
+    }
+  if (candidates.empty())
+    return fail(status::invalid_argument, "no sage configuration fits " + std::to_string(cfg.target_bpw) +
+                                              " full bpw for a " + std::to_string(rows) + " x " + std::to_string(cols) +
+                                              " matrix; the smallest reachable is " + std::to_string(cheapest));
+
+  // Fit one candidate: column groups, factorized scales, salient grids.
+  const auto fit_candidate = [&](const detail::sage_candidate& cand) -> result<detail::sage_fit> {
+    detail::sage_fit fit;
+    fit.groups = cand.groups;
+    std::vector<std::uint8_t> salient_mask;
+    if (!cand.salient.empty()) {
+      salient_mask.assign(static_cast<std::size_t>(rows * cols), 0);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c : cand.salient) salient_mask[static_cast<std::size_t>(r * cols + c)] = 1;
+    }
+    auto grouping = group::fit(group::column_groups{}, w0_view, salient_mask, cand.groups);
+    if (!grouping.ok()) return grouping.as_outcome();
+    fit.groups = grouping->groups;
+    fit.column_group.assign(grouping->column_group.begin(), grouping->column_group.end());
+    for (index_t c : cand.salient) fit.column_group[static_cast<std::size_t>(c)] = -1;
+    auto scales = quant::fit_factorized(w0_view, fit.column_group, fit.groups, {}, h_diag, exec);
+    if (!scales.has_value()) return scales.as_outcome();
+    fit.scales = std::move(*scales);
+    if (!cand.salient.empty()) {
+      fit.salient_grid.resize(static_cast<std::size_t>(rows));
+      const quant::uniform_config grid_cfg{.bits = cfg.salient_bits, .group_size = 0, .symmetric = false, .mse = true};
+      exec.parallel_for(rows, [&](index_t r) {
+        std::vector<float> v;
+        v.reserve(cand.salient.size());
+        for (index_t c : cand.salient) v.push_back(w0[static_cast<std::size_t>(r * cols + c)]);
+        fit.salient_grid[static_cast<std::size_t>(r)] =
+            quant::fit_uniform_grid(make_vector_view(static_cast<const float*>(v.data()), std::ssize(v)), grid_cfg);
+      });
+      for (const auto& grid : fit.salient_grid)
+        if (!is_finite(grid.scale)) return fail(status::unsupported, "a salient scale exceeds the fp16 range");
+    }
+    return fit;
+  };
+
+  // Proxy of a fit without compensation: sum_ij (w - q)^2 H_jj.
+  const auto proxy_error = [&](const detail::sage_fit& fit) {
+    std::vector<double> row_err(static_cast<std::size_t>(rows));
+    exec.parallel_for(rows, [&](index_t r) {
+      double e = 0;
+      for (index_t c = 0; c < cols; ++c) {
+        const float v = w0[static_cast<std::size_t>(r * cols + c)];
+        const std::int32_t g = fit.column_group[static_cast<std::size_t>(c)];
+        float q;
+        if (g < 0) {
+          q = fit.salient_grid[static_cast<std::size_t>(r)].quantize(v);
+        } else {
+          const float s = fit.scales.scale(r, g);
+          q = v >= 0.0f ? s : -s;
+        }
+        e += static_cast<double>(v - q) * static_cast<double>(v - q) * h_diag[static_cast<std::size_t>(c)];
+      }
+      row_err[static_cast<std::size_t>(r)] = e;
+    });
+    double total = 0;
+    for (double e : row_err) total += e;
+    return total;
+  };
+
+  for (auto& cand : candidates) {
+    auto fit = fit_candidate(cand);
+    if (!fit.ok()) return fit.as_outcome();
+    cand.fit = std::move(*fit);
+    cand.proxy = proxy_error(cand.fit);
+  }
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const auto& a, const auto& b) { return a.proxy < b.proxy; });
+  candidates.resize(std::min<std::size_t>(candidates.size(), static_cast<std::size_t>(cfg.screened_candidates)));
+  report.times.search = detail::seconds_since(t0);
+
+  // 4-5. Full quantization of the screened candidates; keep the lowest calibrated error.
+  const std::vector<index_t> identity = [&] {
+    std::vector<index_t> p(static_cast<std::size_t>(cols));
+    for (index_t c = 0; c < cols; ++c) p[static_cast<std::size_t>(c)] = c;
+    return p;
+  }();
+  double best_error = std::numeric_limits<double>::infinity();
+  for (auto& cand : candidates) {
+    t0 = clock::now();
+    detail::sage_fit* fit = &cand.fit;
+    std::vector<std::uint8_t> symbols;
+    if (cfg.compensate) {
+      detail::sage_columns policy(*fit, factor.perm, rows, cols);
+      auto run = compensate::gptq(w0_view, factor, policy, {.block_size = cfg.block_size}, exec);
+      if (!run.ok()) return run.as_outcome();
+      symbols = policy.symbols();
+    } else {
+      detail::sage_columns policy(*fit, identity, rows, cols);
+      exec.parallel_for(rows, [&](index_t r) {
+        float q;
+        for (index_t c = 0; c < cols; ++c)
+          policy.quantize_column(c, r, std::span<const float>(&w0[static_cast<std::size_t>(r * cols + c)], 1),
+                                 std::span<float>(&q, 1));
+      });
+      symbols = policy.symbols();
+    }
+
+    if (cfg.refit_row_scales) {
+      // alpha_r minimising (d_r - alpha v_r) H (d_r - alpha v_r)^T: v = sign * beta_g on binarized columns,
+      // d = w0 - (salient part): alpha = d H v^T / v H v^T, rounded to fp16.
+      constexpr index_t block_rows = 64;
+      const index_t blocks = (rows + block_rows - 1) / block_rows;
+      const Eigen::MatrixXf h = factor.h.cast<float>();
+      exec.parallel_for(blocks, [&](index_t b) {
+        const index_t r0 = b * block_rows, nr = std::min(block_rows, rows - r0);
+        Eigen::MatrixXf v = Eigen::MatrixXf::Zero(nr, cols), d(nr, cols);
+        for (index_t i = 0; i < nr; ++i)
+          for (index_t c = 0; c < cols; ++c) {
+            const auto at = static_cast<std::size_t>((r0 + i) * cols + c);
+            const std::int32_t g = fit->column_group[static_cast<std::size_t>(c)];
+            if (g < 0) {
+              d(i, c) = w0[at] - fit->salient_grid[static_cast<std::size_t>(r0 + i)].value(symbols[at]);
+            } else {
+              d(i, c) = w0[at];
+              v(i, c) = symbols[at] ? fit->scales.group[static_cast<std::size_t>(g)]
+                                    : -fit->scales.group[static_cast<std::size_t>(g)];
+            }
+          }
+        const Eigen::MatrixXf vh = v * h;
+        for (index_t i = 0; i < nr; ++i) {
+          const double a = vh.row(i).dot(v.row(i)), num = vh.row(i).dot(d.row(i));
+          if (a > 0) fit->scales.row[static_cast<std::size_t>(r0 + i)] = round_to_fp16(static_cast<float>(num / a));
+        }
+      });
+    }
+    const double quantize_time = detail::seconds_since(t0);
+
+    // Pack, decode, and measure the exact calibrated error of what is stored.
+    t0 = clock::now();
+    format::sage_spec spec;
+    spec.rows = rows;
+    spec.cols = cols;
+    spec.salient_columns = cand.salient;
+    spec.salient_bits = cfg.salient_bits;
+    spec.groups = fit->groups;
+    spec.column_group = fit->column_group;
+    for (auto& g : spec.column_group) g = std::max(g, std::int32_t{0});
+    auto builder = format::sage_builder::create(spec);
+    if (!builder.ok()) return builder.as_outcome();
+    for (index_t r = 0; r < rows; ++r) builder->set_row_scale(0, r, fit->scales.row[static_cast<std::size_t>(r)]);
+    for (int g = 0; g < fit->groups; ++g) builder->set_group_scale(0, g, fit->scales.group[static_cast<std::size_t>(g)]);
+    for (index_t r = 0; r < rows; ++r) {
+      if (!cand.salient.empty()) builder->set_salient_grid(r, fit->salient_grid[static_cast<std::size_t>(r)]);
+      for (index_t c = 0; c < cols; ++c) {
+        const std::uint8_t s = symbols[static_cast<std::size_t>(r * cols + c)];
+        if (fit->column_group[static_cast<std::size_t>(c)] < 0)
+          builder->set_salient_code(r, c, s);
+        else
+          builder->set_sign(0, r, c, s != 0);
+      }
+    }
+    auto packed = std::move(*builder).finish();
+    if (!packed.ok()) return packed.as_outcome();
+    std::vector<float> decoded(static_cast<std::size_t>(rows * cols));
+    format::decode(packed->view(), make_matrix_view(decoded.data(), rows, cols));
+    const double error = calib::hessian_weighted_error(
+        w0_view, make_matrix_view(static_cast<const float*>(decoded.data()), rows, cols), factor.h, exec);
+    const double pack_time = detail::seconds_since(t0);
+    report.times.quantize += quantize_time;
+    report.times.pack += pack_time;
+    if (error < best_error) {
+      best_error = error;
+      out.packed = std::move(*packed);
+      out.dequantized = std::move(decoded);
+      report.groups = fit->groups;
+      report.salient_fraction = static_cast<double>(cand.salient.size()) / static_cast<double>(cols);
+    }
+  }
+
+  report.hessian_error = best_error;
+  const std::vector<float> zeros(w0.size(), 0.0f);
+  const double reference = calib::hessian_weighted_error(
+      w0_view, make_matrix_view(zeros.data(), rows, cols), factor.h, exec);
+  report.relative_error = reference > 0 ? std::sqrt(best_error / reference) : 0.0;
+  report.bits = out.packed.bits();
+  return out;
+}
+
+}  // namespace pipeline
+SAGEPTQ_NAMESPACE_END
