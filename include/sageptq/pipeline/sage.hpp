@@ -60,6 +60,7 @@ struct sage_config {
   std::vector<double> sigma_grid = {6.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5};
   std::vector<int> group_grid = {1, 2, 4, 8};  ///< candidate G
   int screened_candidates = 3;                 ///< candidates that get the full quantization (>= 1)
+  index_t screen_rows = 512;                   ///< rows (evenly spaced) on which candidates are screened
   bool compensate = true;                      ///< GPTQ error compensation
   bool refit_row_scales = true;                ///< closed-form alpha_r in the H metric after compensation
   index_t block_size = 128;                    ///< GPTQ block
@@ -83,8 +84,7 @@ struct sage_fit {
 struct sage_candidate {
   std::vector<index_t> salient;  ///< sorted source columns
   int groups = 1;
-  sage_fit fit;
-  double proxy = 0;  ///< error without compensation, sum_ij (w - q)^2 H_jj
+  double proxy = 0;  ///< error without compensation on the screening rows, sum_ij (w - q)^2 H_jj
 };
 
 /// The shape a candidate would have, for its exact bit count (no allocation of the payload).
@@ -161,8 +161,8 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
                                            " columns, the weight matrix has " + std::to_string(cols));
   if (cfg.salient_bits < 2 || cfg.salient_bits > 8)
     return fail(status::invalid_argument, "sage salient_bits must be in [2, 8], got " + std::to_string(cfg.salient_bits));
-  if (cfg.group_grid.empty() || cfg.screened_candidates < 1)
-    return fail(status::invalid_argument, "sage needs a non-empty group_grid and screened_candidates >= 1");
+  if (cfg.group_grid.empty() || cfg.screened_candidates < 1 || cfg.screen_rows < 1)
+    return fail(status::invalid_argument, "sage needs a non-empty group_grid, screened_candidates >= 1, screen_rows >= 1");
   for (int g : cfg.group_grid)
     if (g < 1 || g > 256) return fail(status::invalid_argument, "sage group counts must be in [1, 256]");
 
@@ -215,38 +215,39 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
           format::sage_bits(detail::candidate_shape(rows, cols, std::ssize(set), g, cfg.salient_bits)).full_bpw();
       cheapest = std::min(cheapest, bpw);
       if (cfg.target_bpw > 0 && bpw > cfg.target_bpw) continue;
-      candidates.push_back({set, g, {}, 0.0});
+      candidates.push_back({set, g, 0.0});
     }
   if (candidates.empty())
     return fail(status::invalid_argument, "no sage configuration fits " + std::to_string(cfg.target_bpw) +
                                               " full bpw for a " + std::to_string(rows) + " x " + std::to_string(cols) +
                                               " matrix; the smallest reachable is " + std::to_string(cheapest));
 
-  // Fit one candidate: column groups, factorized scales, salient grids.
-  const auto fit_candidate = [&](const detail::sage_candidate& cand) -> result<detail::sage_fit> {
+  // Fit one candidate on a matrix `m` (W0 or its row sample): column groups, factorized scales, salient grids.
+  const auto fit_candidate = [&](const detail::sage_candidate& cand,
+                                 matrix_view<const float> m) -> result<detail::sage_fit> {
+    const index_t m_rows = m.rows();
     detail::sage_fit fit;
-    fit.groups = cand.groups;
     std::vector<std::uint8_t> salient_mask;
     if (!cand.salient.empty()) {
-      salient_mask.assign(static_cast<std::size_t>(rows * cols), 0);
-      for (index_t r = 0; r < rows; ++r)
+      salient_mask.assign(static_cast<std::size_t>(m_rows * cols), 0);
+      for (index_t r = 0; r < m_rows; ++r)
         for (index_t c : cand.salient) salient_mask[static_cast<std::size_t>(r * cols + c)] = 1;
     }
-    auto grouping = group::fit(group::column_groups{}, w0_view, salient_mask, cand.groups);
+    auto grouping = group::fit(group::column_groups{}, m, salient_mask, cand.groups);
     if (!grouping.ok()) return grouping.as_outcome();
     fit.groups = grouping->groups;
     fit.column_group.assign(grouping->column_group.begin(), grouping->column_group.end());
     for (index_t c : cand.salient) fit.column_group[static_cast<std::size_t>(c)] = -1;
-    auto scales = quant::fit_factorized(w0_view, fit.column_group, fit.groups, {}, h_diag, exec);
+    auto scales = quant::fit_factorized(m, fit.column_group, fit.groups, {}, h_diag, exec);
     if (!scales.has_value()) return scales.as_outcome();
     fit.scales = std::move(*scales);
     if (!cand.salient.empty()) {
-      fit.salient_grid.resize(static_cast<std::size_t>(rows));
+      fit.salient_grid.resize(static_cast<std::size_t>(m_rows));
       const quant::uniform_config grid_cfg{.bits = cfg.salient_bits, .group_size = 0, .symmetric = false, .mse = true};
-      exec.parallel_for(rows, [&](index_t r) {
+      exec.parallel_for(m_rows, [&](index_t r) {
         std::vector<float> v;
         v.reserve(cand.salient.size());
-        for (index_t c : cand.salient) v.push_back(w0[static_cast<std::size_t>(r * cols + c)]);
+        for (index_t c : cand.salient) v.push_back(m(r, c));
         fit.salient_grid[static_cast<std::size_t>(r)] =
             quant::fit_uniform_grid(make_vector_view(static_cast<const float*>(v.data()), std::ssize(v)), grid_cfg);
       });
@@ -256,13 +257,13 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
     return fit;
   };
 
-  // Proxy of a fit without compensation: sum_ij (w - q)^2 H_jj.
-  const auto proxy_error = [&](const detail::sage_fit& fit) {
-    std::vector<double> row_err(static_cast<std::size_t>(rows));
-    exec.parallel_for(rows, [&](index_t r) {
+  // Proxy of a fit without compensation: sum_ij (w - q)^2 H_jj over the rows of `m`.
+  const auto proxy_error = [&](const detail::sage_fit& fit, matrix_view<const float> m) {
+    std::vector<double> row_err(static_cast<std::size_t>(m.rows()));
+    exec.parallel_for(m.rows(), [&](index_t r) {
       double e = 0;
       for (index_t c = 0; c < cols; ++c) {
-        const float v = w0[static_cast<std::size_t>(r * cols + c)];
+        const float v = m(r, c);
         const std::int32_t g = fit.column_group[static_cast<std::size_t>(c)];
         float q;
         if (g < 0) {
@@ -280,11 +281,16 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
     return total;
   };
 
+  // Screening runs on evenly spaced rows (at most screen_rows): a ranking needs far fewer rows than the fit.
+  const index_t stride = (rows + cfg.screen_rows - 1) / cfg.screen_rows;
+  std::vector<float> sample;
+  for (index_t r = 0; r < rows; r += stride)
+    sample.insert(sample.end(), w0.begin() + r * cols, w0.begin() + (r + 1) * cols);
+  const auto sample_view = make_matrix_view(static_cast<const float*>(sample.data()), std::ssize(sample) / cols, cols);
   for (auto& cand : candidates) {
-    auto fit = fit_candidate(cand);
+    auto fit = fit_candidate(cand, sample_view);
     if (!fit.ok()) return fit.as_outcome();
-    cand.fit = std::move(*fit);
-    cand.proxy = proxy_error(cand.fit);
+    cand.proxy = proxy_error(*fit, sample_view);
   }
   std::stable_sort(candidates.begin(), candidates.end(),
                    [](const auto& a, const auto& b) { return a.proxy < b.proxy; });
@@ -300,7 +306,9 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   double best_error = std::numeric_limits<double>::infinity();
   for (auto& cand : candidates) {
     t0 = clock::now();
-    detail::sage_fit* fit = &cand.fit;
+    auto fitted = fit_candidate(cand, w0_view);
+    if (!fitted.ok()) return fitted.as_outcome();
+    detail::sage_fit* fit = &*fitted;
     std::vector<std::uint8_t> symbols;
     if (cfg.compensate) {
       detail::sage_columns policy(*fit, factor.perm, rows, cols);
