@@ -303,107 +303,120 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
     for (index_t c = 0; c < cols; ++c) p[static_cast<std::size_t>(c)] = c;
     return p;
   }();
-  double best_error = std::numeric_limits<double>::infinity();
+  // The calibrated error of a candidate: GPTQ's loss is tr((W0 - Q) H (W0 - Q)^T) for a column policy, and the
+  // refit's change of it is known in closed form, so only the winner is packed and measured again.
+  struct best_candidate {
+    const detail::sage_candidate* cand = nullptr;
+    detail::sage_fit fit;
+    std::vector<std::uint8_t> symbols;
+    double error = std::numeric_limits<double>::infinity();
+  } best;
   for (auto& cand : candidates) {
     t0 = clock::now();
     auto fitted = fit_candidate(cand, w0_view);
     if (!fitted.ok()) return fitted.as_outcome();
-    detail::sage_fit* fit = &*fitted;
+    detail::sage_fit& fit = *fitted;
     std::vector<std::uint8_t> symbols;
+    double error = 0;
     if (cfg.compensate) {
-      detail::sage_columns policy(*fit, factor.perm, rows, cols);
+      detail::sage_columns policy(fit, factor.perm, rows, cols);
       auto run = compensate::gptq(w0_view, factor, policy, {.block_size = cfg.block_size}, exec);
       if (!run.ok()) return run.as_outcome();
       symbols = policy.symbols();
+      error = run->loss;
     } else {
-      detail::sage_columns policy(*fit, identity, rows, cols);
+      detail::sage_columns policy(fit, identity, rows, cols);
+      std::vector<float> q(w0.size());
       exec.parallel_for(rows, [&](index_t r) {
-        float q;
-        for (index_t c = 0; c < cols; ++c)
-          policy.quantize_column(c, r, std::span<const float>(&w0[static_cast<std::size_t>(r * cols + c)], 1),
-                                 std::span<float>(&q, 1));
+        for (index_t c = 0; c < cols; ++c) {
+          const auto at = static_cast<std::size_t>(r * cols + c);
+          policy.quantize_column(c, r, std::span<const float>(&w0[at], 1), std::span<float>(&q[at], 1));
+        }
       });
       symbols = policy.symbols();
+      error = calib::hessian_weighted_error(w0_view, make_matrix_view(static_cast<const float*>(q.data()), rows, cols),
+                                            factor.h, exec);
     }
 
     if (cfg.refit_row_scales) {
-      // alpha_r minimising (d_r - alpha v_r) H (d_r - alpha v_r)^T: v = sign * beta_g on binarized columns,
-      // d = w0 - (salient part): alpha = d H v^T / v H v^T, rounded to fp16.
+      // alpha_r minimising (d_r - alpha v_r) H (d_r - alpha v_r)^T, with v = sign * beta_g on binarized columns and
+      // d = w0 - (salient part): alpha = d H v^T / v H v^T, rounded to fp16. The error changes by
+      // (alpha^2 - alpha0^2) v H v^T - 2 (alpha - alpha0) d H v^T.
       constexpr index_t block_rows = 64;
       const index_t blocks = (rows + block_rows - 1) / block_rows;
       const Eigen::MatrixXf h = factor.h.cast<float>();
+      std::vector<double> change(static_cast<std::size_t>(blocks), 0.0);
       exec.parallel_for(blocks, [&](index_t b) {
         const index_t r0 = b * block_rows, nr = std::min(block_rows, rows - r0);
         Eigen::MatrixXf v = Eigen::MatrixXf::Zero(nr, cols), d(nr, cols);
         for (index_t i = 0; i < nr; ++i)
           for (index_t c = 0; c < cols; ++c) {
             const auto at = static_cast<std::size_t>((r0 + i) * cols + c);
-            const std::int32_t g = fit->column_group[static_cast<std::size_t>(c)];
+            const std::int32_t g = fit.column_group[static_cast<std::size_t>(c)];
             if (g < 0) {
-              d(i, c) = w0[at] - fit->salient_grid[static_cast<std::size_t>(r0 + i)].value(symbols[at]);
+              d(i, c) = w0[at] - fit.salient_grid[static_cast<std::size_t>(r0 + i)].value(symbols[at]);
             } else {
+              const float beta = fit.scales.group[static_cast<std::size_t>(g)];
               d(i, c) = w0[at];
-              v(i, c) = symbols[at] ? fit->scales.group[static_cast<std::size_t>(g)]
-                                    : -fit->scales.group[static_cast<std::size_t>(g)];
+              v(i, c) = symbols[at] ? beta : -beta;
             }
           }
         const Eigen::MatrixXf vh = v * h;
         for (index_t i = 0; i < nr; ++i) {
           const double a = vh.row(i).dot(v.row(i)), num = vh.row(i).dot(d.row(i));
-          if (a > 0) fit->scales.row[static_cast<std::size_t>(r0 + i)] = round_to_fp16(static_cast<float>(num / a));
+          if (!(a > 0)) continue;
+          float& alpha = fit.scales.row[static_cast<std::size_t>(r0 + i)];
+          const double old_alpha = alpha;
+          alpha = round_to_fp16(static_cast<float>(num / a));
+          change[static_cast<std::size_t>(b)] += (alpha * static_cast<double>(alpha) - old_alpha * old_alpha) * a -
+                                                 2 * (alpha - old_alpha) * num;
         }
       });
+      for (double c : change) error += c;
     }
-    const double quantize_time = detail::seconds_since(t0);
-
-    // Pack, decode, and measure the exact calibrated error of what is stored.
-    t0 = clock::now();
-    format::sage_spec spec;
-    spec.rows = rows;
-    spec.cols = cols;
-    spec.salient_columns = cand.salient;
-    spec.salient_bits = cfg.salient_bits;
-    spec.groups = fit->groups;
-    spec.column_group = fit->column_group;
-    for (auto& g : spec.column_group) g = std::max(g, std::int32_t{0});
-    auto builder = format::sage_builder::create(spec);
-    if (!builder.ok()) return builder.as_outcome();
-    for (index_t r = 0; r < rows; ++r) builder->set_row_scale(0, r, fit->scales.row[static_cast<std::size_t>(r)]);
-    for (int g = 0; g < fit->groups; ++g) builder->set_group_scale(0, g, fit->scales.group[static_cast<std::size_t>(g)]);
-    for (index_t r = 0; r < rows; ++r) {
-      if (!cand.salient.empty()) builder->set_salient_grid(r, fit->salient_grid[static_cast<std::size_t>(r)]);
-      for (index_t c = 0; c < cols; ++c) {
-        const std::uint8_t s = symbols[static_cast<std::size_t>(r * cols + c)];
-        if (fit->column_group[static_cast<std::size_t>(c)] < 0)
-          builder->set_salient_code(r, c, s);
-        else
-          builder->set_sign(0, r, c, s != 0);
-      }
-    }
-    auto packed = std::move(*builder).finish();
-    if (!packed.ok()) return packed.as_outcome();
-    std::vector<float> decoded(static_cast<std::size_t>(rows * cols));
-    format::decode(packed->view(), make_matrix_view(decoded.data(), rows, cols));
-    const double error = calib::hessian_weighted_error(
-        w0_view, make_matrix_view(static_cast<const float*>(decoded.data()), rows, cols), factor.h, exec);
-    const double pack_time = detail::seconds_since(t0);
-    report.times.quantize += quantize_time;
-    report.times.pack += pack_time;
-    if (error < best_error) {
-      best_error = error;
-      out.packed = std::move(*packed);
-      out.dequantized = std::move(decoded);
-      report.groups = fit->groups;
-      report.salient_fraction = static_cast<double>(cand.salient.size()) / static_cast<double>(cols);
-    }
+    report.times.quantize += detail::seconds_since(t0);
+    if (error < best.error) best = {&cand, std::move(fit), std::move(symbols), error};
   }
 
-  report.hessian_error = best_error;
-  const std::vector<float> zeros(w0.size(), 0.0f);
-  const double reference = calib::hessian_weighted_error(
-      w0_view, make_matrix_view(zeros.data(), rows, cols), factor.h, exec);
-  report.relative_error = reference > 0 ? std::sqrt(best_error / reference) : 0.0;
+  // Pack the winner, decode it, and measure the exact calibrated error of what is stored.
+  t0 = clock::now();
+  const detail::sage_fit& fit = best.fit;
+  format::sage_spec spec;
+  spec.rows = rows;
+  spec.cols = cols;
+  spec.salient_columns = best.cand->salient;
+  spec.salient_bits = cfg.salient_bits;
+  spec.groups = fit.groups;
+  spec.column_group = fit.column_group;
+  for (auto& g : spec.column_group) g = std::max(g, std::int32_t{0});
+  auto builder = format::sage_builder::create(spec);
+  if (!builder.ok()) return builder.as_outcome();
+  for (index_t r = 0; r < rows; ++r) builder->set_row_scale(0, r, fit.scales.row[static_cast<std::size_t>(r)]);
+  for (int g = 0; g < fit.groups; ++g) builder->set_group_scale(0, g, fit.scales.group[static_cast<std::size_t>(g)]);
+  for (index_t r = 0; r < rows; ++r) {
+    if (!spec.salient_columns.empty()) builder->set_salient_grid(r, fit.salient_grid[static_cast<std::size_t>(r)]);
+    for (index_t c = 0; c < cols; ++c) {
+      const std::uint8_t symbol = best.symbols[static_cast<std::size_t>(r * cols + c)];
+      if (fit.column_group[static_cast<std::size_t>(c)] < 0)
+        builder->set_salient_code(r, c, symbol);
+      else
+        builder->set_sign(0, r, c, symbol != 0);
+    }
+  }
+  auto packed = std::move(*builder).finish();
+  if (!packed.ok()) return packed.as_outcome();
+  out.packed = std::move(*packed);
+  out.dequantized.resize(static_cast<std::size_t>(rows * cols));
+  format::decode(out.packed.view(), make_matrix_view(out.dequantized.data(), rows, cols));
+  report.groups = fit.groups;
+  report.salient_fraction = static_cast<double>(spec.salient_columns.size()) / static_cast<double>(cols);
   report.bits = out.packed.bits();
+  report.hessian_error = calib::hessian_weighted_error(w0_view, out.dequantized_view(), factor.h, exec);
+  const float zero = 0.0f;
+  const matrix_view<const float> zeros{&zero, {rows, cols}, {0, 0}};  // stride 0: W H W^T without a copy
+  const double reference = calib::hessian_weighted_error(w0_view, zeros, factor.h, exec);
+  report.relative_error = reference > 0 ? std::sqrt(report.hessian_error / reference) : 0.0;
+  report.times.pack = detail::seconds_since(t0);
   return out;
 }
 
