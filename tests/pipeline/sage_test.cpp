@@ -92,6 +92,8 @@ TEST_CASE("sage: compensation and the row-scale refit each lower the calibrated 
     cfg.target_bpw = 0;  // no budget
     cfg.group_grid = {2};
     cfg.sigma_grid = {2.0};
+    cfg.fraction_grid = {};
+    cfg.salient_bits_grid = {4};
     cfg.screened_candidates = 1;
     const auto run = [&](bool compensate, bool refit) {
       pipeline::sage_config k = cfg;
@@ -112,12 +114,13 @@ TEST_CASE("sage: the adaptive search is no worse than any single fixed threshold
   const auto c = make_calibrated(128, 256, 3);
   pipeline::sage_config adaptive;
   adaptive.target_bpw = 1.3;
-  adaptive.screened_candidates = 100;  // exhaustive: every candidate is quantized in full
+  adaptive.screened_candidates = 1000;  // exhaustive: every candidate is quantized in full
   auto best = pipeline::quantize_sage(c.layer.weight_view(), c.factor, adaptive);
   REQUIRE(best.ok());
   for (double t : adaptive.sigma_grid) {
     pipeline::sage_config fixed = adaptive;
     fixed.sigma_grid = {t};
+    fixed.fraction_grid = {};
     auto q = pipeline::quantize_sage(c.layer.weight_view(), c.factor, fixed);
     REQUIRE(q.ok());
     CHECK(best->report.hessian_error <= q->report.hessian_error * (1 + 1e-9));
@@ -154,6 +157,6 @@ TEST_CASE("sage: bad inputs give a clear status and no value") {
   CHECK(budget.message().find("smallest reachable") != std::string::npos);
 
   pipeline::sage_config bits;
-  bits.salient_bits = 1;
+  bits.salient_bits_grid = {1};
   CHECK(pipeline::quantize_sage(c.layer.weight_view(), c.factor, bits).code() == status::invalid_argument);
 }

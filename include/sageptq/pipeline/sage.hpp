@@ -6,11 +6,12 @@
 ///
 /// Steps (each a library stage, each choice a config field; docs/algorithms.md §1.2 has the reconstruction):
 ///  1. Saliency: a score per input channel (default Hessian-weighted, sum_i w_ij^2 / U_jj^2); candidate salient sets
-///     are the channels above mu + t * sigma of the scores for every t of `sigma_grid`, plus the empty set.
+///     are the channels above mu + t * sigma of the scores for every t of `sigma_grid`, the top fractions of
+///     `fraction_grid`, and the empty set; each non-empty set is tried with every width of `salient_bits_grid`.
 ///  2. Groups: the binarized channels are clustered into G column groups (group::column_groups), and the scale of
 ///     weight (r, c) is alpha_r * beta_g(c) (quant::fit_factorized, weighted by diag H): structural groups that the
 ///     decoder derives from G + 1 offsets, so G costs almost no bits (format/sage.hpp).
-///  3. Quantizer: sign(w) * alpha_r * beta_g for binarized channels; a per-row `salient_bits` uniform grid with GPTQ's
+///  3. Quantizer: sign(w) * alpha_r * beta_g for binarized channels; a per-row uniform grid of the candidate's width with GPTQ's
 ///     MSE range search for salient channels.
 ///  4. Compensation: GPTQ's column-by-column update (compensate::gptq) with that quantizer as its column policy.
 ///  5. Refit: with the signs fixed, each alpha_r is re-solved in the H metric (closed form), which can only lower the
@@ -54,10 +55,12 @@ enum class sage_saliency { hessian, magnitude };
 
 struct sage_config {
   double target_bpw = 1.1;  ///< budget on full bits per weight; <= 0 means no budget
-  int salient_bits = 4;     ///< bits of the salient channels' codes (2..8)
+  std::vector<int> salient_bits_grid = {2, 3, 4};  ///< candidate bit widths of the salient channels' codes (2..8)
   sage_saliency metric = sage_saliency::hessian;
   /// Candidate thresholds t (salient iff score > mu + t * sigma). The empty salient set is always a candidate.
   std::vector<double> sigma_grid = {6.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5};
+  /// Further candidates: the top fraction of channels by score (reach budgets that mu + t sigma cannot).
+  std::vector<double> fraction_grid = {0.02, 0.05, 0.1, 0.2, 0.3, 0.5};
   std::vector<int> group_grid = {1, 2, 4, 8};  ///< candidate G
   int screened_candidates = 3;                 ///< candidates that get the full quantization (>= 1)
   index_t screen_rows = 512;                   ///< rows (evenly spaced) on which candidates are screened
@@ -84,6 +87,7 @@ struct sage_fit {
 struct sage_candidate {
   std::vector<index_t> salient;  ///< sorted source columns
   int groups = 1;
+  int salient_bits = 0;          ///< code width of the salient channels (0 without any)
   double proxy = 0;  ///< error without compensation on the screening rows, sum_ij (w - q)^2 H_jj
 };
 
@@ -159,8 +163,9 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   if (factor.cols() != cols)
     return fail(status::invalid_shape, "the Hessian factor is for " + std::to_string(factor.cols()) +
                                            " columns, the weight matrix has " + std::to_string(cols));
-  if (cfg.salient_bits < 2 || cfg.salient_bits > 8)
-    return fail(status::invalid_argument, "sage salient_bits must be in [2, 8], got " + std::to_string(cfg.salient_bits));
+  for (int b : cfg.salient_bits_grid)
+    if (b < 2 || b > 8) return fail(status::invalid_argument, "sage salient bits must be in [2, 8], got " + std::to_string(b));
+  if (cfg.salient_bits_grid.empty()) return fail(status::invalid_argument, "sage needs a non-empty salient_bits_grid");
   if (cfg.group_grid.empty() || cfg.screened_candidates < 1 || cfg.screen_rows < 1)
     return fail(status::invalid_argument, "sage needs a non-empty group_grid, screened_candidates >= 1, screen_rows >= 1");
   for (int g : cfg.group_grid)
@@ -194,9 +199,12 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
                           : saliency::score(saliency::magnitude{}, w0_view, saliency::granularity::input_channel,
                                             saliency::no_input{}, saliency::no_input{}, exec);
   if (!scored.ok()) return scored.as_outcome();
+  std::vector<saliency::split_rule> rules;
+  for (double t : cfg.sigma_grid) rules.push_back(saliency::split_rule::sigmas(t));
+  for (double p : cfg.fraction_grid) rules.push_back(saliency::split_rule::top(p));
   std::vector<std::vector<index_t>> salient_sets{{}};
-  for (double t : cfg.sigma_grid) {
-    auto set = saliency::split(*scored, saliency::split_rule::sigmas(t));
+  for (const auto& rule : rules) {
+    auto set = saliency::split(*scored, rule);
     if (!set.ok()) return set.as_outcome();
     if (std::ssize(set->indices) >= cols) continue;  // at least one binarized column
     if (std::find(salient_sets.begin(), salient_sets.end(), set->indices) == salient_sets.end())
@@ -209,14 +217,14 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   std::vector<detail::sage_candidate> candidates;
   double cheapest = std::numeric_limits<double>::infinity();
   for (const auto& set : salient_sets)
-    for (int g : cfg.group_grid) {
-      if (g > cols - std::ssize(set)) continue;
-      const double bpw =
-          format::sage_bits(detail::candidate_shape(rows, cols, std::ssize(set), g, cfg.salient_bits)).full_bpw();
-      cheapest = std::min(cheapest, bpw);
-      if (cfg.target_bpw > 0 && bpw > cfg.target_bpw) continue;
-      candidates.push_back({set, g, 0.0});
-    }
+    for (int bits : set.empty() ? std::vector<int>{0} : cfg.salient_bits_grid)
+      for (int g : cfg.group_grid) {
+        if (g > cols - std::ssize(set)) continue;
+        const double bpw = format::sage_bits(detail::candidate_shape(rows, cols, std::ssize(set), g, bits)).full_bpw();
+        cheapest = std::min(cheapest, bpw);
+        if (cfg.target_bpw > 0 && bpw > cfg.target_bpw) continue;
+        candidates.push_back({set, g, bits, 0.0});
+      }
   if (candidates.empty())
     return fail(status::invalid_argument, "no sage configuration fits " + std::to_string(cfg.target_bpw) +
                                               " full bpw for a " + std::to_string(rows) + " x " + std::to_string(cols) +
@@ -243,7 +251,7 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
     fit.scales = std::move(*scales);
     if (!cand.salient.empty()) {
       fit.salient_grid.resize(static_cast<std::size_t>(m_rows));
-      const quant::uniform_config grid_cfg{.bits = cfg.salient_bits, .group_size = 0, .symmetric = false, .mse = true};
+      const quant::uniform_config grid_cfg{.bits = cand.salient_bits, .group_size = 0, .symmetric = false, .mse = true};
       exec.parallel_for(m_rows, [&](index_t r) {
         std::vector<float> v;
         v.reserve(cand.salient.size());
@@ -385,7 +393,7 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   spec.rows = rows;
   spec.cols = cols;
   spec.salient_columns = best.cand->salient;
-  spec.salient_bits = cfg.salient_bits;
+  spec.salient_bits = std::max(best.cand->salient_bits, 2);
   spec.groups = fit.groups;
   spec.column_group = fit.column_group;
   for (auto& g : spec.column_group) g = std::max(g, std::int32_t{0});
