@@ -1,0 +1,263 @@
+// GEMV timing on the GPU: sage default format (1% salient columns at 4 bits, 4 column groups, ~1.04-1.06 full bpw)
+// and q1_0 against cuBLAS fp16 (cublasGemmEx, n = batch) and a streaming kernel that reads the same bytes (the floor).
+// Weights are rotated over >= 256 MB of copies so they come from HBM; each figure is the median over 15 replays of a
+// CUDA graph of >= 64 launches, divided by the launches. Writes a markdown table to stdout (and argv[1] if given).
+//
+//   nvcc -std=c++20 -O3 -arch=sm_90 -Iinclude -Itests/cpu bench/gemv_cuda_bench.cu -lcublas -o /tmp/gemv_bench
+//   /tmp/gemv_bench /tmp/gemv_cuda.md          # a second argument: one run() of 8192 x 28672 for ncu
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "random_packed.hpp"
+#include "sageptq/cuda/gemv/gemv.cuh"
+
+namespace sp = sageptq;
+namespace g = sageptq::cuda::gemv;
+using sp::index_t;
+
+#define CUDA_OK(call)                                                                                      \
+  do {                                                                                                     \
+    cudaError_t e_ = (call);                                                                               \
+    if (e_ != cudaSuccess) {                                                                               \
+      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, #call);        \
+      std::exit(2);                                                                                        \
+    }                                                                                                      \
+  } while (0)
+
+namespace {
+
+constexpr std::size_t rotation_bytes = 256u << 20;
+
+__global__ void fill_random(std::uint32_t* p, std::size_t words, std::uint32_t seed) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < words; i += std::size_t{gridDim.x} * blockDim.x) {
+    std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9e3779b9u ^ seed;
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    p[i] = h;
+  }
+}
+/// Random fp16 values in [-1, 1) (exponent kept small so cuBLAS sees ordinary numbers).
+__global__ void fill_half(__half* p, std::size_t n, std::uint32_t seed) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x) {
+    std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9e3779b9u ^ seed;
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13;
+    p[i] = __float2half(static_cast<float>(h & 0xffff) / 32768.0f - 1.0f);
+  }
+}
+/// The floor: read `bytes` with 16-byte streaming loads, as the GEMV reads its weights.
+__global__ void stream_read(const uint4* p, std::size_t n, unsigned* sink) {
+  unsigned acc = 0;
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) *sink = acc;  // never true in practice; keeps the loads alive
+}
+
+/// Median time of one launch: a graph of `launches` calls of launch(i) replayed 15 times.
+double time_us(int launches, const std::function<void(int, cudaStream_t)>& launch, cudaStream_t s) {
+  for (int i = 0; i < 3; ++i) launch(i, s);  // warm up (module load, cuBLAS heuristics) outside the graph
+  CUDA_OK(cudaStreamSynchronize(s));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < launches; ++i) launch(i, s);
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t a, b;
+  CUDA_OK(cudaEventCreate(&a));
+  CUDA_OK(cudaEventCreate(&b));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  std::vector<double> t;
+  for (int r = 0; r < 15; ++r) {
+    CUDA_OK(cudaEventRecord(a, s));
+    CUDA_OK(cudaGraphLaunch(exec, s));
+    CUDA_OK(cudaEventRecord(b, s));
+    CUDA_OK(cudaEventSynchronize(b));
+    float ms = 0;
+    CUDA_OK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(1000.0 * ms / launches);
+  }
+  CUDA_OK(cudaGetLastError());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+/// A sage matrix of the benchmark's layout with fp16 scales and random codes, built on the host (signs left 0:
+/// they are randomized on the device).
+sp::format::sage_matrix bench_sage(index_t rows, index_t cols) {
+  sp::random_generator rng(rows * 31 + cols);
+  sp::format::sage_spec spec;
+  spec.rows = rows;
+  spec.cols = cols;
+  const index_t ks = (cols + 50) / 100;
+  for (auto c : sp::sample_without_replacement(rng, static_cast<std::uint64_t>(cols), static_cast<std::uint64_t>(ks)))
+    spec.salient_columns.push_back(static_cast<index_t>(c));
+  spec.salient_bits = 4;
+  spec.groups = 4;
+  for (index_t c = 0; c < cols; ++c) spec.column_group.push_back(static_cast<std::int32_t>(rng.below(4)));
+  auto b = sp::format::sage_builder::create(spec).value();
+  for (index_t r = 0; r < rows; ++r) b.set_row_scale(0, r, sageptq_test::random_scale(rng));
+  for (int gi = 0; gi < 4; ++gi) b.set_group_scale(0, gi, sageptq_test::random_scale(rng));
+  for (index_t r = 0; r < rows; ++r) {
+    sp::quant::uniform_grid grid;
+    grid.max_code = 15;
+    grid.scale = sageptq_test::random_scale(rng);
+    grid.zero = static_cast<float>(rng.below(16));
+    b.set_salient_grid(r, grid);
+    for (index_t c : spec.salient_columns) b.set_salient_code(r, c, static_cast<std::uint32_t>(rng.below(16)));
+  }
+  return std::move(b).finish().value();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cudaDeviceProp prop{};
+  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreate(&s));
+  cublasHandle_t blas;
+  cublasCreate(&blas);
+  cublasSetStream(blas, s);
+  unsigned* sink;
+  CUDA_OK(cudaMalloc(&sink, 4));
+
+  std::string out = std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) + " SMs, " +
+                     std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n" +
+                     "| rows x cols | batch | sage run() us | run() without PDL us | GEMV kernel only us | weight GB/s | "
+                     "% of floor | floor us | cuBLAS fp16 us | vs cuBLAS | q1_0 run() us | full bpw |\n"
+                     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+  const bool profile = argc > 2;  // one run() of 8192 x 28672, batch 1, for ncu
+  std::vector<std::pair<index_t, index_t>> shapes = {{4096, 4096},  {11008, 4096}, {4096, 11008}, {14336, 4096},
+                                                            {4096, 14336}, {28672, 8192}, {8192, 28672}};
+  if (profile) shapes = {{8192, 28672}};
+  for (auto [rows, cols] : shapes) {
+    const auto m = bench_sage(rows, cols);
+    const auto bytes = sp::format::serialize(m);
+    const auto offsets = sp::format::serialized_offsets(m.shape);
+    const std::size_t n_bytes = bytes.size();
+    const int copies = static_cast<int>(std::max<std::size_t>(2, (rotation_bytes + n_bytes - 1) / n_bytes));
+    std::vector<std::uint8_t*> sage(copies);
+    std::vector<g::sage_gemv<__half, float>::arguments> args(copies);
+    for (int i = 0; i < copies; ++i) {
+      CUDA_OK(cudaMalloc(&sage[i], n_bytes));
+      CUDA_OK(cudaMemcpy(sage[i], bytes.data(), n_bytes, cudaMemcpyHostToDevice));
+      const auto sign_at = offsets.section[static_cast<int>(sp::format::sage_section::signs)];
+      const auto sign_words = sp::format::section_info(m.shape, sp::format::sage_section::signs).elements;
+      fill_random<<<1024, 256>>>(reinterpret_cast<std::uint32_t*>(sage[i] + sign_at), sign_words, 77u + i);
+      args[i].weights = sp::format::view_serialized<sp::device_space>(m.shape, sage[i]);
+    }
+    // q1_0 of the same shape, rotated the same way.
+    const index_t qwords = sp::format::q1_0::words_per_row(cols), qgroups = sp::format::q1_0::groups_per_row(cols);
+    const std::size_t q_bytes = static_cast<std::size_t>(rows * qwords * 4 + rows * qgroups * 2);
+    const int qcopies = static_cast<int>(std::max<std::size_t>(2, (rotation_bytes + q_bytes - 1) / q_bytes));
+    std::vector<std::uint32_t*> qsigns(qcopies);
+    std::vector<__half*> qscales(qcopies);
+    for (int i = 0; i < qcopies; ++i) {
+      CUDA_OK(cudaMalloc(&qsigns[i], static_cast<std::size_t>(rows * qwords) * 4));
+      CUDA_OK(cudaMalloc(&qscales[i], static_cast<std::size_t>(rows * qgroups) * 2));
+      fill_random<<<1024, 256>>>(qsigns[i], static_cast<std::size_t>(rows * qwords), 99u + i);
+      fill_half<<<1024, 256>>>(qscales[i], static_cast<std::size_t>(rows * qgroups), 5u + i);
+    }
+    // fp16 dense copies for cuBLAS.
+    const std::size_t w16 = static_cast<std::size_t>(rows * cols);
+    const int dcopies = static_cast<int>(std::max<std::size_t>(2, (rotation_bytes + 2 * w16 - 1) / (2 * w16)));
+    std::vector<__half*> dense(dcopies);
+    for (int i = 0; i < dcopies; ++i) {
+      CUDA_OK(cudaMalloc(&dense[i], 2 * w16));
+      fill_half<<<1024, 256>>>(dense[i], w16, 1234u + i);
+    }
+    __half *x, *y16;
+    float* y;
+    CUDA_OK(cudaMalloc(&x, 8 * cols * 2));
+    CUDA_OK(cudaMalloc(&y, 8 * rows * 4));
+    CUDA_OK(cudaMalloc(&y16, 8 * rows * 2));
+    fill_half<<<64, 256>>>(x, 8 * cols, 4242u);
+    using sage_op = g::sage_gemv<__half, float>;
+    using q_op = g::q1_0_gemv<__half, float>;
+    for (auto& a : args) a = {a.weights, x, cols, y, rows, 8};
+    void* ws;
+    CUDA_OK(cudaMalloc(&ws, sage_op::workspace_size(args[0]) + q_op::workspace_size(q_op::arguments{{nullptr, nullptr, rows, cols}, x, cols, y, rows, 8})));
+    CUDA_OK(cudaDeviceSynchronize());
+
+    const int launches = std::max(64, copies);
+    const double floor_us = time_us(std::max(64, copies), [&](int i, cudaStream_t st) {
+      stream_read<<<prop.multiProcessorCount * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(sage[i % copies]), n_bytes / 16, sink);
+    }, s);
+    const double bpw = 8.0 * static_cast<double>(n_bytes) / static_cast<double>(rows * cols);
+    for (index_t batch : {1, 2, 4, 8}) {
+      auto sage_args = [&](int i) {
+        auto a = args[i % copies];
+        a.batch = batch;
+        return a;
+      };
+      if (profile) {
+        for (int i = 0; i < 3; ++i) (void)sage_op::run(sage_args(i), ws, s);
+        CUDA_OK(cudaDeviceSynchronize());
+        return 0;
+      }
+      const double run_us = time_us(launches, [&](int i, cudaStream_t st) {
+        if (auto ok = sage_op::run(sage_args(i), ws, st); !ok) std::printf("%s\n", ok.message().c_str());
+      }, s);
+      using impl = g::detail::binary_gemv<g::detail::sage_rows, __half, float, g::sm90_policy>;
+      const double serial_us = time_us(launches, [&](int i, cudaStream_t st) {
+        (void)impl::run(g::detail::sage_rows{args[i % copies].weights}, x, cols, y, rows, batch, ws, st, false);
+      }, s);
+      // The GEMV kernel alone, x folded once beforehand (what fusing the fold into the previous kernel would give).
+      CUDA_OK(cudaDeviceSynchronize());
+      (void)sage_op::run(sage_args(0), ws, s);
+      CUDA_OK(cudaStreamSynchronize(s));
+      const g::detail::sage_rows shape_rows{args[0].weights};
+      const auto* pairs = static_cast<const std::uint32_t*>(ws);
+      const auto* tail = reinterpret_cast<const float*>(static_cast<char*>(ws) + impl::pair_bytes(shape_rows, batch));
+      const int tiles = impl::row_tiles(rows, prop.multiProcessorCount);
+      const double kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
+        const g::detail::sage_rows r{args[i % copies].weights};
+        if (tiles == 4) impl::launch_gemv<4>(r, pairs, tail, y, rows, static_cast<int>(batch), st);
+        else if (tiles == 2) impl::launch_gemv<2>(r, pairs, tail, y, rows, static_cast<int>(batch), st);
+        else impl::launch_gemv<1>(r, pairs, tail, y, rows, static_cast<int>(batch), st);
+      }, s);
+      const float one = 1.0f, zero = 0.0f;
+      const double blas_us = time_us(std::max(64, dcopies), [&](int i, cudaStream_t) {
+        cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(rows), static_cast<int>(batch), static_cast<int>(cols),
+                     &one, dense[i % dcopies], CUDA_R_16F, static_cast<int>(cols), x, CUDA_R_16F, static_cast<int>(cols),
+                     &zero, y16, CUDA_R_16F, static_cast<int>(rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      }, s);
+      const double q_us = time_us(std::max(64, qcopies), [&](int i, cudaStream_t st) {
+        q_op::arguments a{{qsigns[i % qcopies], reinterpret_cast<const sp::fp16*>(qscales[i % qcopies]), rows, cols}, x, cols, y, rows, batch};
+        if (auto ok = q_op::run(a, ws, st); !ok) std::printf("%s\n", ok.message().c_str());
+      }, s);
+      char line[512];
+      std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %.2f | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2f | %.1fx | %.2f | %.3f |\n",
+                    static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(batch), run_us,
+                    serial_us, kernel_us, static_cast<double>(n_bytes) / run_us / 1e3, 100.0 * floor_us / run_us, floor_us, blas_us,
+                    blas_us / run_us, q_us, bpw);
+      std::printf("%s", line);
+      std::fflush(stdout);
+      out += line;
+    }
+    for (auto p : sage) cudaFree(p);
+    for (auto p : qsigns) cudaFree(p);
+    for (auto p : qscales) cudaFree(p);
+    for (auto p : dense) cudaFree(p);
+    cudaFree(x); cudaFree(y); cudaFree(y16); cudaFree(ws);
+  }
+  std::printf("\n%s", out.c_str());
+  if (argc > 1)
+    if (FILE* f = std::fopen(argv[1], "w")) {
+      std::fputs(out.c_str(), f);
+      std::fclose(f);
+    }
+  return 0;
+}

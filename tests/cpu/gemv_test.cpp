@@ -1,0 +1,207 @@
+// CPU GEMV kernels (cpu/gemv.hpp): every ISA path, forced directly and through SAGEPTQ_CPU_ISA, against a float64
+// reference of the decoded matrix on fresh random inputs, for batch 1..8 and ragged shapes (172 columns, rows not a
+// multiple of any tile), with outputs poisoned first; the tolerance is shown to catch one flipped sign bit or scale;
+// bad inputs return their statuses; results are bit-identical for any thread count.
+
+#include "sageptq/cpu/gemv.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "random_packed.hpp"
+
+namespace sp = sageptq;
+namespace t = sageptq_test;
+using sp::index_t;
+using sp::cpu::isa;
+
+namespace {
+
+std::vector<isa> supported_paths() {
+  std::vector<isa> paths;
+  for (isa p : {isa::scalar, isa::avx2, isa::avx512})
+    if (sp::cpu::supported(p)) paths.push_back(p);
+  return paths;
+}
+
+/// Runs gemv on `path` into a NaN-poisoned y and returns y (batch x rows).
+template <class View, class E = sp::inline_executor>
+std::vector<float> run(const View& w, index_t rows, index_t cols, const std::vector<float>& x, index_t batch, isa path,
+                       const E& exec = {}) {
+  std::vector<float> y(static_cast<std::size_t>(batch * rows), std::numeric_limits<float>::quiet_NaN());
+  auto done = sp::cpu::gemv(w, sp::make_matrix_view(x.data(), batch, cols), sp::make_matrix_view(y.data(), batch, rows),
+                            exec, path);
+  REQUIRE_MESSAGE(done.ok(), done.message());
+  return y;
+}
+
+/// Checks every path and batch 1..8 of one packed matrix against its float64 reference.
+template <class View>
+void check_all_paths(const View& w, index_t rows, index_t cols, std::uint64_t seed) {
+  for (index_t batch = 1; batch <= 8; ++batch) {
+    const auto x = t::random_x(batch, cols, seed * 100 + static_cast<std::uint64_t>(batch));
+    const auto ref = t::dense_reference(w, rows, cols, x, batch);
+    for (isa path : supported_paths()) {
+      CAPTURE(sp::cpu::to_string(path));
+      CAPTURE(batch);
+      const auto y = run(w, rows, cols, x, batch, path);
+      CHECK(t::worst_ratio(y.data(), ref, cols, t::fp32_tolerance) <= 1.0);
+    }
+  }
+}
+
+/// True when some output of every path misses the reference of the unmodified matrix.
+template <class View>
+bool every_path_detects(const View& changed, index_t rows, index_t cols, const std::vector<float>& x,
+                        const t::reference& original, index_t batch) {
+  for (isa path : supported_paths())
+    if (t::worst_ratio(run(changed, rows, cols, x, batch, path).data(), original, cols, t::fp32_tolerance) <= 1.0)
+      return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("cpu gemv: this CPU runs every path (the CI machine must have AVX-512)") {
+  // The suite must test all three paths; on a CPU without them this documents what was skipped.
+  MESSAGE("best ISA: " << std::string(sp::cpu::to_string(sp::cpu::best_isa())));
+  CHECK(sp::cpu::supported(isa::scalar));
+}
+
+TEST_CASE("cpu gemv sage: every path and batch matches the float64 reference (ragged shapes)") {
+  for (const t::sage_case cs : {t::sage_case{37, 172, 3, 3, 4, false, 11}, t::sage_case{130, 700, 7, 4, 3, true, 12},
+                                t::sage_case{5, 300, 0, 1, 4, false, 13}, t::sage_case{67, 129, 1, 2, 8, false, 14}}) {
+    CAPTURE(cs.rows);
+    CAPTURE(cs.cols);
+    const auto m = t::random_sage(cs);
+    check_all_paths(m.view(), cs.rows, cs.cols, cs.seed);
+  }
+}
+
+TEST_CASE("cpu gemv q1_0 and rtn: every path and batch matches the float64 reference") {
+  for (auto [r, c] : {std::pair<index_t, index_t>{37, 172}, {70, 384}, {3, 1}}) {
+    const index_t rows = r, cols = c;  // structured bindings cannot be captured by CAPTURE's lambda (C++20)
+    CAPTURE(rows);
+    CAPTURE(cols);
+    const auto q = t::random_q1_0(rows, cols, static_cast<std::uint64_t>(rows + cols));
+    check_all_paths(q.view(), rows, cols, 21);
+    for (sp::format::rtn_layout layout : {sp::format::rtn_layout{4, 64, false}, sp::format::rtn_layout{3, 1000, true}}) {
+      const auto r = t::random_rtn(rows, cols, layout, static_cast<std::uint64_t>(rows * cols));
+      check_all_paths(r.view(), rows, cols, 22);
+    }
+  }
+}
+
+TEST_CASE("cpu gemv: one flipped sign bit, row scale, group scale or salient code fails the tolerance") {
+  const t::sage_case cs{37, 172, 3, 3, 4, false, 31};
+  const auto m = t::random_sage(cs);
+  const index_t batch = 2;
+  const auto x = t::random_x(batch, cs.cols, 32);
+  const auto ref = t::dense_reference(m.view(), cs.rows, cs.cols, x, batch);
+  for (isa path : supported_paths())  // the unmodified matrix passes on every path
+    CHECK(t::worst_ratio(run(m.view(), cs.rows, cs.cols, x, batch, path).data(), ref, cs.cols, t::fp32_tolerance) <=
+          1.0);
+
+  // The binarized weight that multiplies the largest |x| of batch column 0: a flip moves y by 2 |w x|.
+  index_t stored = 0;
+  auto magnitude = [&](index_t j) { return std::fabs(x[static_cast<std::size_t>(m.view().source_column(j))]); };
+  for (index_t j = 0; j < m.shape.binarized_cols(); ++j)
+    if (magnitude(j) > magnitude(stored)) stored = j;
+  auto flipped = m;
+  flipped.signs[static_cast<std::size_t>(5 * m.shape.sign_row_words() + stored / 32)] ^= 1u << (stored % 32);
+  CHECK(every_path_detects(flipped.view(), cs.rows, cs.cols, x, ref, batch));
+
+  auto row_scale = m;
+  row_scale.row_scales[4] = sp::fp16(row_scale.row_scales[4].to_float() * 1.0625f);
+  CHECK(every_path_detects(row_scale.view(), cs.rows, cs.cols, x, ref, batch));
+
+  auto group_scale = m;
+  group_scale.group_scales[1] = sp::fp16(group_scale.group_scales[1].to_float() * 1.0625f);
+  CHECK(every_path_detects(group_scale.view(), cs.rows, cs.cols, x, ref, batch));
+
+  auto code = m;
+  code.salient_codes[static_cast<std::size_t>(9 * m.shape.salient_row_words())] ^= 1u;  // row 9, code 0, low bit
+  CHECK(every_path_detects(code.view(), cs.rows, cs.cols, x, ref, batch));
+
+  const auto q = t::random_q1_0(cs.rows, cs.cols, 33);
+  const auto qref = t::dense_reference(q.view(), cs.rows, cs.cols, x, batch);
+  auto qflip = q;
+  const auto best = m.view().source_column(stored);  // the same large |x|, unpermuted in q1_0
+  qflip.signs[static_cast<std::size_t>(2 * q.view().words_per_row() + best / 32)] ^= 1u << (best % 32);
+  CHECK(every_path_detects(qflip.view(), cs.rows, cs.cols, x, qref, batch));
+  auto qscale = q;
+  qscale.scales[3] = sp::fp16(qscale.scales[3].to_float() * 1.0625f);
+  CHECK(every_path_detects(qscale.view(), cs.rows, cs.cols, x, qref, batch));
+}
+
+TEST_CASE("cpu gemv: SAGEPTQ_CPU_ISA forces each path, and the default call follows it") {
+  const t::sage_case cs{19, 172, 2, 2, 4, false, 41};
+  const auto m = t::random_sage(cs);
+  const index_t batch = 3;
+  const auto x = t::random_x(batch, cs.cols, 42);
+  const char* saved = std::getenv("SAGEPTQ_CPU_ISA");
+  const std::string restore = saved ? saved : "";
+  for (isa path : supported_paths()) {
+    ::setenv("SAGEPTQ_CPU_ISA", sp::cpu::to_string(path), 1);
+    REQUIRE(sp::cpu::active_isa().ok());
+    CHECK(*sp::cpu::active_isa() == path);
+    std::vector<float> y(static_cast<std::size_t>(batch * cs.rows), std::numeric_limits<float>::quiet_NaN());
+    REQUIRE(sp::cpu::gemv(m.view(), sp::make_matrix_view(x.data(), batch, cs.cols),
+                          sp::make_matrix_view(y.data(), batch, cs.rows))
+                .ok());
+    CHECK(y == run(m.view(), cs.rows, cs.cols, x, batch, path));  // same path, same bits
+  }
+  ::setenv("SAGEPTQ_CPU_ISA", "sse9", 1);
+  CHECK(sp::cpu::active_isa().code() == sp::status::invalid_argument);
+  std::vector<float> y(static_cast<std::size_t>(batch * cs.rows));
+  CHECK(sp::cpu::gemv(m.view(), sp::make_matrix_view(x.data(), batch, cs.cols),
+                      sp::make_matrix_view(y.data(), batch, cs.rows))
+            .code() == sp::status::invalid_argument);
+  if (restore.empty())
+    ::unsetenv("SAGEPTQ_CPU_ISA");
+  else
+    ::setenv("SAGEPTQ_CPU_ISA", restore.c_str(), 1);
+}
+
+TEST_CASE("cpu gemv: bit-identical for any thread count") {
+  const t::sage_case cs{300, 500, 5, 4, 4, false, 51};
+  const auto m = t::random_sage(cs);
+  const auto x = t::random_x(4, cs.cols, 52);
+  for (isa path : supported_paths())
+    CHECK(run(m.view(), cs.rows, cs.cols, x, 4, path) ==
+          run(m.view(), cs.rows, cs.cols, x, 4, path, sp::thread_executor(3)));
+}
+
+TEST_CASE("cpu gemv: bad input returns its status") {
+  const t::sage_case cs{8, 172, 2, 3, 4, false, 61};
+  const auto m = t::random_sage(cs);
+  std::vector<float> x(9 * 172, 0.5f), y(9 * 8);
+  auto call = [&](index_t batch, index_t cols, index_t rows) {
+    return sp::cpu::gemv(m.view(), sp::make_matrix_view(x.data(), batch, cols), sp::make_matrix_view(y.data(), batch, rows),
+                         sp::inline_executor{}, isa::scalar)
+        .code();
+  };
+  CHECK(call(9, 172, 8) == sp::status::invalid_argument);
+  CHECK(call(2, 171, 8) == sp::status::invalid_shape);
+  CHECK(call(2, 172, 7) == sp::status::invalid_shape);
+  x[5] = std::numeric_limits<float>::infinity();
+  CHECK(call(2, 172, 8) == sp::status::non_finite_input);
+  x[5] = 0.5f;
+  std::vector<float> wide(2 * 16);
+  CHECK(sp::cpu::gemv(m.view(), sp::make_matrix_view(x.data(), 2, 172), sp::matrix_view<float>{wide.data(), {2, 8}, {1, 2}},
+                      sp::inline_executor{}, isa::scalar)
+            .code() == sp::status::invalid_layout);
+
+  auto table = m;
+  table.shape.scale_mode = sp::format::sage_scale_mode::table;
+  CHECK(sp::cpu::can_implement(table.view(), 1).code() == sp::status::unsupported);
+  auto planes = m;
+  planes.shape.planes = 2;
+  CHECK(sp::cpu::can_implement(planes.view(), 1).code() == sp::status::unsupported);
+  CHECK(sp::cpu::can_implement(m.view(), 0).code() == sp::status::invalid_argument);
+}
