@@ -119,10 +119,11 @@ enum class sage_section : int {
 
 /// Size of one section and what its payload bits are for (the rest of its words is padding).
 struct sage_section_info {
+  using bit_field = std::uint64_t bit_breakdown::*;  // an alias: nvcc's host pass misreads the declarator inline
   std::uint64_t elements = 0;
   std::uint64_t element_bytes = 4;
   std::uint64_t payload_bits = 0;
-  std::uint64_t bit_breakdown::*category = nullptr;
+  bit_field category = nullptr;
 };
 
 inline sage_section_info section_info(const sage_shape& s, sage_section id) noexcept {
