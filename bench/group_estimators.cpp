@@ -1,4 +1,5 @@
-// Estimator comparison for the group stage (helper report; not part of the repo).
+// Group-count estimators against the searched G on synthetic layers and mixtures of known G: G, error, time.
+// Build: g++ -std=c++20 -O2 -DNDEBUG -Iinclude -isystem /usr/include/eigen3 bench/group_estimators.cpp -lpthread
 #include <chrono>
 #include <cstdio>
 #include <string>

@@ -78,10 +78,16 @@ class thread_executor {
   unsigned threads_;
 };
 
+namespace detail {
+struct index_sink {  // a named callable: nvcc rejects lambdas inside requires-expressions
+  void operator()(index_t) const noexcept {}
+};
+}  // namespace detail
+
 template <class E>
 concept executor = requires(const E& e) {
   { e.concurrency() } -> std::convertible_to<unsigned>;
-  e.parallel_for(index_t{1}, [](index_t) {});
+  e.parallel_for(index_t{1}, detail::index_sink{});
 };
 
 static_assert(executor<inline_executor> && executor<thread_executor>);

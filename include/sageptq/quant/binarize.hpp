@@ -182,14 +182,16 @@ inline outcome check_column_weights(std::span<const float> h, index_t cols) {
   return {};
 }
 
-/// Values (and weights) of row r bucketed by group; false if a group id is out of range.
+/// Values (and weights) of row r appended to their group's bucket (`groups` buckets each); false if a group id is
+/// out of range. The bound is checked against `groups`, not size(): GCC 12 at -O3 then sees the index is in range.
 template <class View, class Groups>
-bool gather_row(const View& w, index_t r, const Groups& group_of, std::span<const float> col_h,
+bool gather_row(const View& w, index_t r, const Groups& group_of, int groups, std::span<const float> col_h,
                 std::vector<std::vector<float>>& values, std::vector<std::vector<float>>& weights) {
+  SAGEPTQ_ASSERT(std::ssize(values) == groups && std::ssize(weights) == groups);
   for (index_t c = 0; c < w.cols(); ++c) {
     const int g = group_of(r, c);
     if (g < 0) continue;
-    if (g >= static_cast<int>(values.size())) return false;
+    if (g >= groups) return false;
     values[static_cast<std::size_t>(g)].push_back(to_float(w(r, c)));
     if (!col_h.empty()) weights[static_cast<std::size_t>(g)].push_back(col_h[static_cast<std::size_t>(c)]);
   }
@@ -229,7 +231,7 @@ fit_summary fit_row_groups(const View& w, const Groups& group_of, int groups, st
   exec.parallel_for(w.rows(), [&](index_t r) {
     fit_summary& summary = rows[static_cast<std::size_t>(r)];
     std::vector<std::vector<float>> values(static_cast<std::size_t>(groups)), h(static_cast<std::size_t>(groups));
-    summary.ids_ok = gather_row(w, r, group_of, col_h, values, h);
+    summary.ids_ok = gather_row(w, r, group_of, groups, col_h, values, h);
     for (int g = 0; g < groups && summary.ids_ok; ++g) {
       const auto [iterations, converged] =
           fit(r, g, values[static_cast<std::size_t>(g)], h[static_cast<std::size_t>(g)]);
@@ -294,7 +296,7 @@ result<group_table> binarize_shared_groups(const Weights& weights, const Groups&
   std::vector<std::vector<float>> values(static_cast<std::size_t>(groups)), h(static_cast<std::size_t>(groups));
   detail::fit_summary summary;
   for (index_t r = 0; r < w.rows() && summary.ids_ok; ++r)
-    summary.ids_ok = detail::gather_row(w, r, group_of, col_weights, values, h);
+    summary.ids_ok = detail::gather_row(w, r, group_of, groups, col_weights, values, h);
   std::vector<binary_fit> fits(static_cast<std::size_t>(groups));
   if (summary.ids_ok)
     exec.parallel_for(groups, [&](index_t g) {
