@@ -110,16 +110,29 @@ class model {
     if (!cfg.ok()) return cfg.as_outcome();
     auto weights = sageptq::io::checkpoint::open(dir);
     if (!weights.ok()) return weights.as_outcome();
-    model m(std::move(cfg).value());
+    return load(std::move(cfg).value(), [&](std::string_view name) { return weights->find(name); }, {}, dir.string());
+  }
+
+  /// Finds a tensor by checkpoint name (nullptr when absent).
+  using tensor_lookup = std::function<const sageptq::io::tensor*(std::string_view)>;
+  /// Makes the linear layer stored under `name` ("model.layers.N.<linear_name>.weight"), out x in.
+  using linear_loader =
+      std::function<result<std::unique_ptr<linear_layer>>(const std::string& name, index_t out, index_t in)>;
+
+  /// Builds a model from `cfg` and tensors found by `find`; linear layers come from `make_linear` when given
+  /// (e.g. packed ones from a quantized model file), else dense from `find`. `origin` prefixes error messages.
+  static result<model> load(sageptq::io::llama_config cfg, const tensor_lookup& find, const linear_loader& make_linear,
+                            const std::string& origin) {
+    model m(std::move(cfg));
     const auto& c = m.cfg_;
     const index_t q_dim = c.num_attention_heads * c.head_dim, kv_dim = c.num_key_value_heads * c.head_dim;
 
     sageptq::outcome error;
     const auto load_tensor = [&](const std::string& name, std::vector<index_t> shape) -> std::vector<float> {
       if (!error.ok()) return {};
-      const sageptq::io::tensor* t = weights->find(name);
+      const sageptq::io::tensor* t = find(name);
       if (!t || t->shape != shape) {
-        error = sageptq::fail(status::malformed_input, dir.string() + ": tensor \"" + name + "\" is " +
+        error = sageptq::fail(status::malformed_input, origin + ": tensor \"" + name + "\" is " +
                                                            (t ? "not of the shape config.json implies" : "missing"));
         return {};
       }
@@ -129,7 +142,7 @@ class model {
     };
     m.embed_tokens_ = load_tensor("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
     m.norm_ = load_tensor("model.norm.weight", {c.hidden_size});
-    if (!c.tie_word_embeddings && weights->find("lm_head.weight"))
+    if (!c.tie_word_embeddings && find("lm_head.weight"))
       m.lm_head_ = load_tensor("lm_head.weight", {c.vocab_size, c.hidden_size});  // otherwise tied to embed_tokens
     const std::array<std::pair<index_t, index_t>, linear_kinds> shapes = {
         {{q_dim, c.hidden_size},
@@ -147,8 +160,19 @@ class model {
       layer.post_attention_norm = load_tensor(prefix + "post_attention_layernorm.weight", {c.hidden_size});
       for (int k = 0; k < linear_kinds; ++k) {
         const auto [out, in] = shapes[static_cast<std::size_t>(k)];
-        auto w = load_tensor(prefix + std::string(linear_name(static_cast<linear_kind>(k))) + ".weight", {out, in});
-        if (error.ok()) layer.linears[static_cast<std::size_t>(k)] = std::make_unique<dense_linear>(out, in, std::move(w));
+        const std::string name = prefix + std::string(linear_name(static_cast<linear_kind>(k))) + ".weight";
+        auto& slot = layer.linears[static_cast<std::size_t>(k)];
+        if (make_linear && error.ok()) {
+          auto made = make_linear(name, out, in);
+          if (made.ok() && (!*made || (*made)->out_features() != out || (*made)->in_features() != in))
+            made = sageptq::fail(status::malformed_input, origin + ": linear layer \"" + name + "\" is not " +
+                                                              std::to_string(out) + " x " + std::to_string(in));
+          if (made.ok()) slot = std::move(made).value();
+          else error = made.as_outcome();
+          continue;
+        }
+        auto w = load_tensor(name, {out, in});
+        if (error.ok()) slot = std::make_unique<dense_linear>(out, in, std::move(w));
       }
     }
     if (!error.ok()) return error;

@@ -1,10 +1,9 @@
-// core/, format/ and the exact quantizers built with -fno-exceptions against sageptq::core alone (no Eigen on the
+// core/, format/, the CPU kernels and the exact quantizers (sageptq/core.hpp) built with -fno-exceptions against sageptq::core alone (no Eigen on the
 // include path): they must compile, and report bad input as a status rather than needing to throw.
 
 #include "core_format_headers.hpp"  // every core/ and format/ header (generated)
 
-#include <sageptq/quant/q1_0.hpp>
-#include <sageptq/quant/rtn.hpp>
+#include <sageptq/core.hpp>  // and everything sageptq::core promises, the CPU kernels included
 
 #include <cmath>
 #include <cstdio>

@@ -2,7 +2,11 @@
 // seeded matrix with rtn and q1_0, decode it, and check the numbers against the format's definition. Exits non-zero
 // on any failure. SAGEPTQ_CONSUMER_EXPECTED_VERSION is the version CMake reported for the package.
 
+#if defined(SAGEPTQ_CONSUMER_USES_DEPENDENCIES)
 #include <sageptq/sageptq.hpp>
+#else
+#include <sageptq/core.hpp>  // sageptq::core alone: the standard library is all it needs
+#endif
 
 #include <algorithm>
 #include <cmath>

@@ -1,0 +1,403 @@
+#pragma once
+// The `sageptq` command line, as a function so tests can run it in-process (tests/cli): run_cli(args, out, err)
+// returns the exit status main() returns. Contract:
+//
+//   sageptq quantize --model DIR --calib TOKENS --method NAME [--bits B] [--group G] [--target-bpw X[,X...]]
+//                    [--calib-windows N] [--ctx N] [--seed S] [--threads T] --out FILE [--report FILE.json]
+//   sageptq eval     [--model DIR] [--quantized FILE] --tokens TOKENS [--ctx N] [--max-windows N] [--threads T]
+//   sageptq generate [--model DIR] [--quantized FILE] --prompt-tokens TOKENS --n N
+//
+// Every option that does not apply (to the command, or to the method: --bits for q1_0, --calib-windows for rtn)
+// is an error, never ignored. rtn and q1_0 use no calibration data: --calib is optional for them. Several
+// --target-bpw budgets quantize once per budget; --out (and --report) must then contain "{bpw}". `eval` prints
+// as its last line "ppl=<float> full_bpw=<float> paper_bpw=<float> windows=<int>", bpw over the linear layers
+// (the source dtype's bits for an unquantized model). `generate` decodes greedily with the KV cache and prints the
+// generated token ids. Progress bars go to stderr.
+
+#include <sageptq/io/quantized_model.hpp>
+#include <sageptq/io/tokens.hpp>
+#include <sageptq/pipeline/calibrate.hpp>
+#include <sageptq/pipeline/quantize_matrix.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <ostream>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../llama/perplexity.hpp"
+#include "../llama/quantize.hpp"
+#include "../llama/quantized_model.hpp"
+
+namespace sageptq_cli {
+
+using sageptq::index_t;
+using sageptq::outcome;
+using sageptq::result;
+using sageptq::status;
+
+/// An error the CLI reports as "sageptq: <message>" with exit status 2 (usage) or 1 (anything else).
+struct cli_error {
+  int exit_code;
+  std::string message;
+};
+
+inline constexpr const char* usage =
+    "usage:\n"
+    "  sageptq quantize --model DIR --calib TOKENS --method NAME [--bits B] [--group G] [--target-bpw X[,X...]]\n"
+    "                   [--calib-windows N] [--ctx N] [--seed S] [--threads T] --out FILE [--report FILE.json]\n"
+    "  sageptq eval     [--model DIR] [--quantized FILE] --tokens TOKENS [--ctx N] [--max-windows N] [--threads T]\n"
+    "  sageptq generate [--model DIR] [--quantized FILE] --prompt-tokens TOKENS --n N\n";
+
+/// "--name value" pairs, each name at most once and from `allowed`.
+class options {
+ public:
+  static std::optional<cli_error> parse(std::span<const std::string> args, const std::set<std::string>& allowed,
+                                        const std::string& command, options& out) {
+    for (std::size_t i = 0; i < args.size(); i += 2) {
+      const std::string& key = args[i];
+      if (!key.starts_with("--")) return cli_error{2, "expected an option, got \"" + key + "\""};
+      const std::string name = key.substr(2);
+      if (!allowed.contains(name)) return cli_error{2, "option " + key + " does not apply to " + command};
+      if (i + 1 >= args.size()) return cli_error{2, "option " + key + " needs a value"};
+      if (!out.values_.emplace(name, args[i + 1]).second) return cli_error{2, "option " + key + " is given twice"};
+    }
+    return std::nullopt;
+  }
+
+  [[nodiscard]] bool has(const std::string& name) const { return values_.contains(name); }
+  [[nodiscard]] std::optional<std::string> text(const std::string& name) const {
+    const auto it = values_.find(name);
+    return it == values_.end() ? std::nullopt : std::optional(it->second);
+  }
+
+  /// The value of --name as an integer in [lo, hi], `fallback` when absent.
+  [[nodiscard]] std::optional<cli_error> integer(const std::string& name, long long lo, long long hi, long long& value) const {
+    const auto t = text(name);
+    if (!t) return std::nullopt;
+    long long v = 0;
+    const auto [end, ec] = std::from_chars(t->data(), t->data() + t->size(), v);
+    if (ec != std::errc{} || end != t->data() + t->size() || v < lo || v > hi)
+      return cli_error{2, "--" + name + " " + *t + " is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]"};
+    value = v;
+    return std::nullopt;
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+/// Parses "1.1,1.5" into positive finite numbers.
+inline std::optional<cli_error> parse_budgets(const std::string& text, std::vector<double>& out) {
+  std::size_t begin = 0;
+  while (begin <= text.size()) {
+    const std::size_t end = std::min(text.find(',', begin), text.size());
+    double v = 0;
+    const auto [ptr, ec] = std::from_chars(text.data() + begin, text.data() + end, v);
+    if (ec != std::errc{} || ptr != text.data() + end || !(v > 0) || !std::isfinite(v))
+      return cli_error{2, "--target-bpw " + text + " is not a list of positive numbers"};
+    out.push_back(v);
+    begin = end + 1;
+  }
+  return std::nullopt;
+}
+
+/// Replaces every "{bpw}" with the budget.
+inline std::string with_budget(std::string pattern, double bpw) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", bpw);
+  for (std::size_t at; (at = pattern.find("{bpw}")) != std::string::npos;) pattern.replace(at, 5, text);
+  return pattern;
+}
+
+/// A progress bar on stderr: "\r<label> [#####.....] done/total", finished with a newline (also when the work
+/// stops early, so an error message starts on its own line).
+class progress_bar {
+ public:
+  progress_bar(std::ostream& err, std::string label) : err_(err), label_(std::move(label)) {}
+  progress_bar(const progress_bar&) = delete;
+  progress_bar& operator=(const progress_bar&) = delete;
+  ~progress_bar() {
+    if (open_) err_ << '\n';
+  }
+  void operator()(index_t done, index_t total) const {
+    open_ = done != total;
+    constexpr int width = 30;
+    const int filled = total > 0 ? static_cast<int>(width * done / total) : width;
+    err_ << '\r' << label_ << " [" << std::string(static_cast<std::size_t>(filled), '#')
+         << std::string(static_cast<std::size_t>(width - filled), '.') << "] " << done << '/' << total;
+    if (done == total) err_ << '\n';
+    err_.flush();
+  }
+
+ private:
+  std::ostream& err_;
+  std::string label_;
+  mutable bool open_ = false;  ///< a line is drawn and not yet ended
+};
+
+inline cli_error error_of(const outcome& o) { return {1, std::string(sageptq::to_string(o.code())) + ": " + o.message()}; }
+
+inline unsigned default_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
+
+// --- quantize ---------------------------------------------------------------------------------------------------
+
+inline nlohmann::ordered_json layer_report(const sageptq::io::quantized_tensor& t) {
+  const auto& r = t.report;
+  return {{"name", t.name},
+          {"shape", {r.rows, r.cols}},
+          {"method", r.method},
+          {"groups", r.groups},
+          {"salient_fraction", r.salient_fraction},
+          {"relative_error", r.relative_error},
+          {"hessian_error", r.hessian_error},
+          {"bits", sageptq::io::bits_json(r.bits)},
+          {"full_bpw", r.bits.full_bpw()},
+          {"paper_bpw", r.bits.paper_bpw()},
+          {"seconds", r.times.total()},
+          {"notes", r.notes}};
+}
+
+inline std::optional<cli_error> quantize(const options& opt, std::ostream& out, std::ostream& err) {
+  for (const char* required : {"model", "method", "out"})
+    if (!opt.has(required)) return cli_error{2, std::string("quantize needs --") + required};
+  const std::string method_name = *opt.text("method");
+  sageptq::pipeline::method_options method_opt;
+  nlohmann::ordered_json options_json = nlohmann::ordered_json::object();
+  long long bits = 0, group = 0, windows = 128, ctx = 512, seed = 0, threads = default_threads();
+  if (auto e = opt.integer("bits", 1, 8, bits)) return e;
+  if (auto e = opt.integer("group", 0, 1 << 24, group)) return e;
+  if (auto e = opt.integer("calib-windows", 1, 1 << 20, windows)) return e;
+  if (auto e = opt.integer("ctx", 1, 1 << 20, ctx)) return e;
+  if (auto e = opt.integer("seed", 0, std::numeric_limits<long long>::max(), seed)) return e;
+  if (auto e = opt.integer("threads", 1, 1024, threads)) return e;
+  if (opt.has("bits")) options_json["bits"] = *(method_opt.bits = static_cast<int>(bits));
+  if (opt.has("group")) options_json["group"] = *(method_opt.group = static_cast<index_t>(group));
+  std::vector<double> budgets;
+  if (const auto t = opt.text("target-bpw")) {
+    if (auto e = parse_budgets(*t, budgets)) return e;
+    method_opt.target_bpw = budgets.front();
+  }
+  const auto probe = sageptq::pipeline::make_method(method_name, method_opt);  // rejects options the method lacks
+  if (!probe.ok()) return cli_error{2, probe.message()};
+  const bool calibrated = sageptq::pipeline::needs_calibration(*probe);
+  if (!calibrated)
+    for (const char* option : {"calib-windows", "ctx", "seed"})
+      if (opt.has(option))
+        return cli_error{2, std::string("--") + option + " does not apply to method " + method_name +
+                                " (it uses no calibration data)"};
+  if (calibrated && !opt.has("calib")) return cli_error{2, "method " + method_name + " needs --calib TOKENS"};
+  if (budgets.empty()) budgets.push_back(0);  // one run with the method's default budget
+  const std::string out_pattern = *opt.text("out");
+  const std::string report_pattern = opt.text("report").value_or("");
+  if (budgets.size() > 1 && (out_pattern.find("{bpw}") == std::string::npos ||
+                             (!report_pattern.empty() && report_pattern.find("{bpw}") == std::string::npos)))
+    return cli_error{2, "with several --target-bpw budgets, --out (and --report) must contain {bpw}"};
+
+  const std::filesystem::path model_dir = *opt.text("model");
+  const sageptq::thread_executor exec(static_cast<unsigned>(threads));
+  sageptq::pipeline::token_windows windows_data;
+  if (calibrated) {
+    auto cfg = sageptq::io::read_llama_config(model_dir);
+    if (!cfg.ok()) return error_of(cfg.as_outcome());
+    if (ctx > cfg->max_position_embeddings)
+      return cli_error{2, "--ctx " + std::to_string(ctx) + " exceeds the model's " +
+                              std::to_string(cfg->max_position_embeddings) + " positions"};
+    auto tokens = sageptq::io::read_tokens(*opt.text("calib"), static_cast<std::uint32_t>(cfg->vocab_size));
+    if (!tokens.ok()) return error_of(tokens.as_outcome());
+    sageptq::pipeline::window_options wopt;
+    wopt.count = windows;
+    wopt.context = ctx;
+    wopt.seed = static_cast<std::uint64_t>(seed);
+    auto sampled = sageptq::pipeline::sample_windows(*tokens, wopt);
+    if (!sampled.ok()) return error_of(sampled.as_outcome());
+    windows_data = std::move(sampled).value();
+  }
+
+  for (const double budget : budgets) {
+    auto m = llama::model::load(model_dir);
+    if (!m.ok()) return error_of(m.as_outcome());
+    if (budget > 0) method_opt.target_bpw = budget;
+    auto method = sageptq::pipeline::make_method(method_name, method_opt);
+    if (!method.ok()) return cli_error{2, method.message()};
+    nlohmann::ordered_json method_json = options_json;
+    if (budget > 0) method_json["target_bpw"] = budget;
+
+    llama::quantize_options qopt;
+    qopt.method = *method;
+    qopt.calibration.order = sageptq::pipeline::reference_order(*method);
+    const progress_bar bar(err, "quantize " + method_name + (budget > 0 ? " @" + with_budget("{bpw}", budget) : ""));
+    qopt.progress = [&](index_t done, index_t total) { bar(done, total); };
+    const auto start = std::chrono::steady_clock::now();
+    auto q = llama::quantize_model(*m, windows_data, qopt, exec);
+    if (!q.ok()) return error_of(q.as_outcome());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+    auto contents = llama::assemble_quantized_model(model_dir, method_name, method_json.dump(), std::move(q->tensors));
+    if (!contents.ok()) return error_of(contents.as_outcome());
+    const std::filesystem::path out_path = with_budget(out_pattern, budget);
+    if (auto written = sageptq::io::write_quantized_model(out_path, *contents); !written.ok()) return error_of(written);
+    const auto total = contents->total_bits();
+    out << "wrote " << out_path.string() << ": " << contents->packed.size() << " matrices, full_bpw=" << total.full_bpw()
+        << " paper_bpw=" << total.paper_bpw() << " seconds=" << seconds << '\n';
+
+    if (!report_pattern.empty()) {
+      nlohmann::ordered_json report = {
+          {"model", model_dir.string()},
+          {"method", method_name},
+          {"options", method_json},
+          {"order", qopt.calibration.order == sageptq::pipeline::sequential_order::per_layer ? "per_layer"
+                                                                                             : "true_sequential"},
+          {"calibration", calibrated ? nlohmann::ordered_json{{"tokens", *opt.text("calib")},
+                                                              {"windows", windows},
+                                                              {"ctx", ctx},
+                                                              {"seed", seed}}
+                                     : nlohmann::ordered_json(nullptr)},
+          {"peak_statistics_bytes", q->peak_statistics_bytes},
+          {"layers", nlohmann::ordered_json::array()}};
+      for (const auto& t : contents->packed) report["layers"].push_back(layer_report(t));
+      report["totals"] = {{"bits", sageptq::io::bits_json(total)},
+                          {"full_bpw", total.full_bpw()},
+                          {"paper_bpw", total.paper_bpw()},
+                          {"seconds", seconds}};
+      std::ofstream file(with_budget(report_pattern, budget));
+      file << report.dump(2) << '\n';
+      if (!file) return cli_error{1, "cannot write the report " + with_budget(report_pattern, budget)};
+    }
+  }
+  return std::nullopt;
+}
+
+// --- eval and generate ------------------------------------------------------------------------------------------
+
+/// A model from --model and/or --quantized, with the bits per weight of its linear layers.
+struct loaded {
+  std::optional<llama::model> engine;
+  double full_bpw = 0, paper_bpw = 0;
+};
+
+inline std::optional<cli_error> load(const options& opt, loaded& out) {
+  if (!opt.has("model") && !opt.has("quantized")) return cli_error{2, "needs --model DIR or --quantized FILE"};
+  if (!opt.has("quantized")) {
+    const std::filesystem::path dir = *opt.text("model");
+    auto m = llama::model::load(dir);
+    if (!m.ok()) return error_of(m.as_outcome());
+    auto source = sageptq::io::checkpoint::open(dir);  // the source dtype's bits, e.g. 16 for bf16
+    if (!source.ok()) return error_of(source.as_outcome());
+    const sageptq::io::tensor* q = source->find("model.layers.0.self_attn.q_proj.weight");
+    out.full_bpw = out.paper_bpw = q ? 8.0 * static_cast<double>(sageptq::io::dtype_size(q->type)) : 32.0;
+    out.engine = std::move(m).value();
+    return std::nullopt;
+  }
+  const std::filesystem::path path = *opt.text("quantized");
+  auto q = llama::load_quantized_model(path);
+  if (!q.ok()) return error_of(q.as_outcome());
+  if (opt.has("model")) {
+    auto source = sageptq::io::checkpoint::open(*opt.text("model"));
+    if (!source.ok()) return error_of(source.as_outcome());
+    const auto fingerprint = sageptq::io::weights_fingerprint(*source);
+    if (fingerprint != q->file.source_fingerprint)
+      return cli_error{1, path.string() + " was quantized from weights with fingerprint " +
+                              sageptq::io::fingerprint_hex(q->file.source_fingerprint) + ", but " + *opt.text("model") +
+                              " has " + sageptq::io::fingerprint_hex(fingerprint)};
+  }
+  const auto bits = q->file.total_bits();
+  out.full_bpw = bits.full_bpw();
+  out.paper_bpw = bits.paper_bpw();
+  out.engine = std::move(q->engine);
+  return std::nullopt;
+}
+
+inline std::optional<cli_error> eval(const options& opt, std::ostream& out, std::ostream& err) {
+  if (!opt.has("tokens")) return cli_error{2, "eval needs --tokens TOKENS"};
+  long long ctx = 512, max_windows = 0, threads = default_threads();
+  if (auto e = opt.integer("ctx", 1, 1 << 20, ctx)) return e;
+  if (auto e = opt.integer("max-windows", 1, 1LL << 40, max_windows)) return e;
+  if (auto e = opt.integer("threads", 1, 1024, threads)) return e;
+  loaded model;
+  if (auto e = load(opt, model)) return e;
+  auto tokens = sageptq::io::read_tokens(*opt.text("tokens"), static_cast<std::uint32_t>(model.engine->config().vocab_size));
+  if (!tokens.ok()) return error_of(tokens.as_outcome());
+  llama::perplexity_options popt;
+  popt.context = ctx;
+  popt.max_windows = max_windows;
+  const progress_bar bar(err, "eval");
+  popt.progress = [&](index_t done, index_t total) { bar(done, total); };
+  auto ppl = llama::evaluate_perplexity(*model.engine, *tokens, popt, sageptq::thread_executor(static_cast<unsigned>(threads)));
+  if (!ppl.ok()) return error_of(ppl.as_outcome());
+  char line[160];
+  std::snprintf(line, sizeof line, "ppl=%.4f full_bpw=%.4f paper_bpw=%.4f windows=%lld\n", ppl->perplexity,
+                model.full_bpw, model.paper_bpw, static_cast<long long>(ppl->windows));
+  out << line;
+  return std::nullopt;
+}
+
+inline std::optional<cli_error> generate(const options& opt, std::ostream& out) {
+  if (!opt.has("prompt-tokens") || !opt.has("n")) return cli_error{2, "generate needs --prompt-tokens TOKENS and --n N"};
+  long long n = 0;
+  if (auto e = opt.integer("n", 1, 1 << 20, n)) return e;
+  loaded model;
+  if (auto e = load(opt, model)) return e;
+  const auto& cfg = model.engine->config();
+  auto prompt = sageptq::io::read_tokens(*opt.text("prompt-tokens"), static_cast<std::uint32_t>(cfg.vocab_size));
+  if (!prompt.ok()) return error_of(prompt.as_outcome());
+  const auto length = static_cast<index_t>(prompt->size());
+  if (length < 1 || length + n > cfg.max_position_embeddings)
+    return cli_error{2, "prompt of " + std::to_string(length) + " tokens + " + std::to_string(n) +
+                            " new ones must be in [1, " + std::to_string(cfg.max_position_embeddings) + "]"};
+  const sageptq::thread_executor exec(default_threads());
+  llama::kv_cache cache(cfg, length + n);
+  std::vector<float> logits(static_cast<std::size_t>(length * cfg.vocab_size));
+  model.engine->forward(*prompt, cache, sageptq::make_matrix_view(logits.data(), length, cfg.vocab_size), exec);
+  const float* last = logits.data() + (length - 1) * cfg.vocab_size;
+  std::string ids;
+  for (long long i = 0; i < n; ++i) {
+    const auto next = static_cast<std::uint16_t>(std::max_element(last, last + cfg.vocab_size) - last);
+    ids += (i ? " " : "") + std::to_string(next);
+    if (i + 1 == n) break;
+    model.engine->forward(std::span(&next, 1), cache, sageptq::make_matrix_view(logits.data(), 1, cfg.vocab_size), exec);
+    last = logits.data();
+  }
+  out << ids << '\n';
+  return std::nullopt;
+}
+
+/// Runs the CLI on `args` (without the program name). Returns 0 on success, 2 for usage errors, 1 otherwise;
+/// errors go to `err` as "sageptq: <message>".
+inline int run_cli(std::span<const std::string> args, std::ostream& out, std::ostream& err) {
+  const auto fail = [&](const cli_error& e) {
+    err << "sageptq: " << e.message << '\n';
+    if (e.exit_code == 2) err << usage;
+    return e.exit_code;
+  };
+  if (args.empty()) return fail({2, "no command"});
+  const std::string& command = args[0];
+  const std::map<std::string, std::set<std::string>> allowed = {
+      {"quantize",
+       {"model", "calib", "method", "bits", "group", "target-bpw", "calib-windows", "ctx", "seed", "threads", "out",
+        "report"}},
+      {"eval", {"model", "quantized", "tokens", "ctx", "max-windows", "threads"}},
+      {"generate", {"model", "quantized", "prompt-tokens", "n"}}};
+  const auto it = allowed.find(command);
+  if (it == allowed.end()) return fail({2, "unknown command \"" + command + "\""});
+  options opt;
+  if (auto e = options::parse(args.subspan(1), it->second, command, opt)) return fail(*e);
+  std::optional<cli_error> e = command == "quantize" ? quantize(opt, out, err)
+                               : command == "eval"   ? eval(opt, out, err)
+                                                     : generate(opt, out);
+  return e ? fail(*e) : 0;
+}
+
+}  // namespace sageptq_cli
