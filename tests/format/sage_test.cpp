@@ -26,7 +26,7 @@ struct case_spec {
   int salient = 2, groups = 3, planes = 1, salient_bits = 4;
   sage_group_mode group_mode = sage_group_mode::column;
   sage_scale_mode scale_mode = sage_scale_mode::factorized;
-  bool mean = false, symmetric = false, kept = false;
+  bool mean = false, symmetric = false, kept = false, word_rows = false;
   std::uint64_t seed = 1;
 };
 
@@ -54,6 +54,7 @@ built_case build_case(const case_spec& cs) {
   spec.group_mode = cs.group_mode;
   spec.scale_mode = cs.scale_mode;
   spec.with_mean = cs.mean;
+  spec.word_rows = cs.word_rows;
   for (index_t c = 0; c < cs.cols; ++c)
     spec.column_group.push_back(static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(cs.groups))));
   if (cs.kept) {
@@ -175,7 +176,14 @@ std::vector<case_spec> variety() {
       cs.mean = variant == 3 || variant == 5;
       if (cs.mean) cs.scale_mode = sage_scale_mode::table;
       cs.kept = variant == 2;
+      cs.word_rows = seed % 3 == 0;
       cases.push_back(cs);
+      if (variant == 0) {  // one group and no salient columns: the builder stores no permutation
+        cs.salient = 0;
+        cs.groups = 1;
+        cs.seed = ++seed;
+        cases.push_back(cs);
+      }
     }
   return cases;
 }
@@ -224,6 +232,41 @@ TEST_CASE("sage: bit breakdown of the 8 x 172 fixture, by hand") {
   // header 64 + perm 176 (172 B -> 43 words) + offsets 16 + signs 8 rows x 8 words x 4 B + alpha 16 + beta 6
   // + codes 32 + salient scales 16 + zeros 8, each section aligned to 16 bytes
   CHECK(sp::format::serialize(bc.matrix).size() == 64 + 176 + 16 + 256 + 16 + 16 + 32 + 16 + 16);
+}
+
+TEST_CASE("sage: an identity permutation is a header flag, word rows pad signs to 32 bits only") {
+  case_spec cs;  // 5 x 64, one group, no salient columns
+  cs.rows = 5;
+  cs.cols = 64;
+  cs.salient = 0;
+  cs.groups = 1;
+  const built_case wide = build_case(cs);
+  CHECK(wide.matrix.shape.identity_perm);
+  CHECK(wide.matrix.col_perm.empty());
+  CHECK(wide.matrix.bits().salient_position_bits == 0);
+  CHECK(wide.matrix.shape.sign_row_words() == 4);  // 64 signs padded to 128 bits
+  cs.word_rows = true;
+  const built_case narrow = build_case(cs);
+  CHECK(narrow.matrix.shape.sign_row_words() == 2);
+  CHECK(narrow.matrix.bits().padding_bits < wide.matrix.bits().padding_bits);
+  CHECK(same_bits(decoded(narrow.matrix), wide.expected));
+  CHECK(sp::format::serialize(narrow.matrix).size() * 8 == narrow.matrix.bits().full_bits());
+
+  // A salient column at the tail in its own place, one group: still the identity.
+  cs.cols = 3;
+  cs.salient = 1;
+  const built_case tail = build_case(cs);
+  CHECK(tail.matrix.shape.identity_perm == (tail.matrix.view().source_column(2) == 2));
+
+  // Flipping either flag in the bytes is caught: the sizes or the checksum no longer agree.
+  auto bytes = sp::format::serialize(narrow.matrix);
+  bytes[12] ^= 0x10;
+  CHECK_FALSE(sp::format::deserialize(bytes).ok());
+  bytes[12] ^= 0x30;
+  CHECK_FALSE(sp::format::deserialize(bytes).ok());
+  bytes[12] ^= 0x60;  // bit 6 is no flag of version 1
+  const auto unknown = sp::format::deserialize(bytes);
+  CHECK_FALSE(unknown.ok());
 }
 
 TEST_CASE("sage: golden bytes of the seeded fixtures") {

@@ -6,6 +6,7 @@
 
 #include <sageptq/calib/hessian.hpp>
 #include <sageptq/format/q1_0.hpp>
+#include <sageptq/pipeline/quantize_matrix.hpp>
 #include <sageptq/pipeline/sage.hpp>
 #include <sageptq/quant/error.hpp>
 #include <sageptq/quant/q1_0.hpp>
@@ -159,4 +160,37 @@ TEST_CASE("sage: bad inputs give a clear status and no value") {
   pipeline::sage_config bits;
   bits.salient_bits_grid = {1};
   CHECK(pipeline::quantize_sage(c.layer.weight_view(), c.factor, bits).code() == status::invalid_argument);
+}
+
+TEST_CASE("spread_budget: a model budget water-fills over matrices whose fixed costs differ") {
+  namespace pl = sageptq::pipeline;
+  // stories260k's shapes: with headers and per-row scales, the smallest configurations cost 1.28 (64 x 172) to
+  // 1.63 (32 x 64) full bpw.
+  const std::vector<pl::matrix_extent> shapes = {{64, 64}, {32, 64}, {172, 64}, {64, 172}};
+  const auto method = pl::make_method("sage", {.target_bpw = 1.4}).value();
+  auto spread = pl::spread_budget(method, shapes);
+  REQUIRE_MESSAGE(spread.ok(), spread.message());
+  double bits = 0, weights = 0;
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    const auto& cfg = std::get<pl::sage_config>((*spread)[i]);
+    const double n = static_cast<double>(shapes[i].rows * shapes[i].cols);
+    CHECK(cfg.target_bpw >= pl::sage_smallest_bpw(shapes[i].rows, shapes[i].cols, cfg) - 1e-12);
+    bits += cfg.target_bpw * n;
+    weights += n;
+  }
+  CHECK(bits / weights <= 1.4 + 1e-9);
+  CHECK(bits / weights >= 1.4 - 1e-6);  // nothing left on the table
+  // The cheap matrices get more than their smallest, the costliest exactly its smallest.
+  CHECK(std::get<pl::sage_config>((*spread)[3]).target_bpw >
+        pl::sage_smallest_bpw(64, 172, std::get<pl::sage_config>(method)) + 0.05);
+  CHECK(std::get<pl::sage_config>((*spread)[1]).target_bpw ==
+        pl::sage_smallest_bpw(32, 64, std::get<pl::sage_config>(method)));
+
+  // Below the smallest reachable mean: a clear error naming it. Methods without a budget pass through.
+  const auto too_small = pl::spread_budget(pl::make_method("sage", {.target_bpw = 1.0}).value(), shapes);
+  CHECK(too_small.code() == sageptq::status::invalid_argument);
+  CHECK(too_small.message().find("smallest reachable") != std::string::npos);
+  const auto gptq = pl::spread_budget(pl::make_method("gptq").value(), shapes);
+  REQUIRE(gptq.ok());
+  CHECK(gptq->size() == shapes.size());
 }

@@ -73,15 +73,19 @@ struct sage_shape {
   bool salient_symmetric = false;  ///< symmetric salient grids store no zero points
   bool has_kept_rows = false;
   bool has_kept_cols = false;
+  bool identity_perm = false;  ///< stored column j is source column j: no col_perm section
+  bool word_rows = false;      ///< sign rows padded to 4 bytes instead of 16 (small matrices; kernels may refuse)
   std::uint32_t orig_rows = 0;  ///< rows of the matrix before pruning (= rows without kept_rows)
   std::uint32_t orig_cols = 0;
 
   SAGEPTQ_HOST_DEVICE constexpr index_t binarized_cols() const noexcept {
     return static_cast<index_t>(cols) - static_cast<index_t>(salient_cols);
   }
-  /// Words per sign-plane row: ceil(K_b / 32) rounded up to a multiple of 4 (16-byte rows).
-  SAGEPTQ_HOST_DEVICE constexpr index_t sign_row_words() const noexcept { return (binarized_cols() + 127) / 128 * 4; }
-  SAGEPTQ_HOST_DEVICE constexpr int perm_bits() const noexcept { return ceil_log2(cols); }
+  /// Words per sign-plane row: ceil(K_b / 32), rounded up to a multiple of 4 (16-byte rows) unless word_rows.
+  SAGEPTQ_HOST_DEVICE constexpr index_t sign_row_words() const noexcept {
+    return word_rows ? (binarized_cols() + 31) / 32 : (binarized_cols() + 127) / 128 * 4;
+  }
+  SAGEPTQ_HOST_DEVICE constexpr int perm_bits() const noexcept { return identity_perm ? 0 : ceil_log2(cols); }
   SAGEPTQ_HOST_DEVICE constexpr index_t perm_words() const noexcept {
     return words_for_bits(static_cast<index_t>(cols) * perm_bits());
   }
@@ -193,6 +197,7 @@ struct sage_view {
 
   /// Source (original) column of stored column j.
   SAGEPTQ_HOST_DEVICE index_t source_column(index_t j) const noexcept {
+    if (shape.identity_perm) return j;
     return shape.perm_bits() == 0 ? 0 : static_cast<index_t>(read_code(col_perm, j, shape.perm_bits()));
   }
   /// Sign bit of plane p at row r, stored binarized column j (true: +1).
@@ -337,7 +342,9 @@ struct sage_file {
   static constexpr std::uint32_t flag_salient_symmetric = 1u << 1;
   static constexpr std::uint32_t flag_kept_rows = 1u << 2;
   static constexpr std::uint32_t flag_kept_cols = 1u << 3;
-  static constexpr std::uint32_t known_flags = 0xfu;
+  static constexpr std::uint32_t flag_identity_perm = 1u << 4;
+  static constexpr std::uint32_t flag_word_rows = 1u << 5;
+  static constexpr std::uint32_t known_flags = 0x3fu;
   static constexpr std::uint64_t max_weights = std::uint64_t{1} << 40;
   static constexpr std::size_t checksum_offset = 56;  ///< u64 FNV-1a of the file with these 8 bytes as zeros
 
@@ -513,7 +520,8 @@ inline std::vector<std::uint8_t> serialize(const sage_matrix& m) {
   w.put(sage_file::version, 2);
   w.put(sage_file::header_bytes, 2);
   w.put((s.has_mean ? sage_file::flag_has_mean : 0u) | (s.salient_symmetric ? sage_file::flag_salient_symmetric : 0u) |
-            (s.has_kept_rows ? sage_file::flag_kept_rows : 0u) | (s.has_kept_cols ? sage_file::flag_kept_cols : 0u),
+            (s.has_kept_rows ? sage_file::flag_kept_rows : 0u) | (s.has_kept_cols ? sage_file::flag_kept_cols : 0u) |
+            (s.identity_perm ? sage_file::flag_identity_perm : 0u) | (s.word_rows ? sage_file::flag_word_rows : 0u),
         4);
   for (std::uint32_t v : {s.rows, s.cols, s.salient_cols, s.groups}) w.put(v, 4);
   for (std::uint8_t v :
@@ -576,6 +584,8 @@ inline result<sage_matrix> deserialize(std::span<const std::uint8_t> bytes) {
   s.salient_symmetric = flags & sage_file::flag_salient_symmetric;
   s.has_kept_rows = flags & sage_file::flag_kept_rows;
   s.has_kept_cols = flags & sage_file::flag_kept_cols;
+  s.identity_perm = flags & sage_file::flag_identity_perm;
+  s.word_rows = flags & sage_file::flag_word_rows;
   if (auto ok = check_shape(s, status::malformed_input); !ok) return ok;
   const std::uint64_t expected = serialized_bytes(s);
   if (total != expected || bytes.size() != expected)
@@ -625,6 +635,7 @@ struct sage_spec {
   std::vector<std::uint32_t> kept_cols;
   index_t orig_rows = 0;  ///< required with kept_rows
   index_t orig_cols = 0;
+  bool word_rows = false;  ///< 4-byte sign rows: fewer padding bits for narrow matrices, no 16-byte kernel loads
 };
 
 /// Fills a sage_matrix from the quantizer's signs, group assignment, scales and salient codes. Setters take source
@@ -684,6 +695,9 @@ class sage_builder {
     }
     std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t c) { return group_of(a) < group_of(c); });
     order.insert(order.end(), spec.salient_columns.begin(), spec.salient_columns.end());
+    s.word_rows = spec.word_rows;
+    s.identity_perm = true;  // an identity permutation is a flag, not cols * ceil(log2 cols) bits
+    for (index_t j = 0; j < spec.cols; ++j) s.identity_perm &= order[static_cast<std::size_t>(j)] == j;
 
     for_each_section(b.m_, [&](sage_section id, auto& array) { array.resize(section_info(s, id).elements); });
     b.stored_.assign(static_cast<std::size_t>(spec.cols), 0);

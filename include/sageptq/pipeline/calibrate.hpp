@@ -232,6 +232,16 @@ class layer_calibrator {
   /// without observed rows; the method's statuses otherwise.
   template <host_matrix_like Weights, executor Exec = inline_executor>
   result<matrix_result> quantize(std::string_view sublayer, const Weights& weights, const Exec& exec = {}) {
+    return quantize(sublayer, weights, method_, exec);
+  }
+
+  /// As above with a method of this sublayer's own (e.g. its share of a model budget from spread_budget()); it
+  /// must be of the calibrator's kind, so the calibration order stays the one the calibrator was created for.
+  template <host_matrix_like Weights, executor Exec = inline_executor>
+  result<matrix_result> quantize(std::string_view sublayer, const Weights& weights, const method& m,
+                                 const Exec& exec = {}) {
+    if (m.index() != method_.index())
+      return fail(status::invalid_argument, "a sublayer's method must be a " + method_name(method_) + " like the calibrator's");
     const auto s = stage_of(sublayer);
     if (!s) return unknown(sublayer);
     const std::string where = "layer " + std::to_string(layer_) + " sublayer \"" + std::string(sublayer) + "\"";
@@ -249,7 +259,7 @@ class layer_calibrator {
       st->factor = std::move(factor).value();
       update_peak();
     }
-    auto out = quantize_matrix(weights, &*st->factor, method_, exec);
+    auto out = quantize_matrix(weights, &*st->factor, m, exec);
     if (out.has_value() && !st->notes.empty())
       out->report.notes += (out->report.notes.empty() ? "" : "; ") + st->notes;
     st->done[index] = true;

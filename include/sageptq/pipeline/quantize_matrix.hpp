@@ -12,7 +12,9 @@
 ///
 /// Options that do not apply to a method are an error, never silently ignored.
 
+#include <algorithm>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -122,6 +124,46 @@ inline result<method> make_method(std::string_view name, const method_options& o
   }
   return fail(status::invalid_argument,
               "unknown method " + std::string(name) + " (expected rtn, q1_0, gptq, septq, billm or sage)");
+}
+
+/// Rows and columns of one matrix of a model.
+struct matrix_extent {
+  index_t rows = 0;
+  index_t cols = 0;
+};
+
+/// A budget for a whole model: sage's target_bpw read as the mean full bpw over `matrices`, weighted by their sizes.
+/// Each matrix gets max(its smallest reachable bpw, x), with the largest x that keeps the mean within the target
+/// (water filling): narrow matrices whose fixed costs exceed the target take what they must, the others make up for
+/// it. Other methods, and sage without a budget, come back unchanged, one per matrix.
+/// @return one method per matrix; invalid_argument when even the smallest configurations exceed the target.
+inline result<std::vector<method>> spread_budget(const method& m, std::span<const matrix_extent> matrices) {
+  std::vector<method> out(matrices.size(), m);
+  const auto* sage = std::get_if<sage_config>(&m);
+  if (sage == nullptr || sage->target_bpw <= 0 || matrices.empty()) return out;
+  double weights = 0, least = 0;
+  std::vector<double> smallest;
+  for (const auto& e : matrices) {
+    if (e.rows < 1 || e.cols < 1) return fail(status::invalid_shape, "spread_budget: a matrix has no rows or columns");
+    smallest.push_back(sage_smallest_bpw(e.rows, e.cols, *sage));
+    weights += static_cast<double>(e.rows) * static_cast<double>(e.cols);
+    least += smallest.back() * static_cast<double>(e.rows) * static_cast<double>(e.cols);
+  }
+  const double target = sage->target_bpw;
+  if (least > target * weights)
+    return fail(status::invalid_argument, "no sage configuration fits " + std::to_string(target) +
+                                              " full bpw over these matrices; the smallest reachable is " +
+                                              std::to_string(least / weights));
+  const auto mean_at = [&](double x) {
+    double bits = 0;
+    for (std::size_t i = 0; i < matrices.size(); ++i)
+      bits += std::max(smallest[i], x) * static_cast<double>(matrices[i].rows) * static_cast<double>(matrices[i].cols);
+    return bits / weights;
+  };
+  double lo = 0, hi = target;  // mean_at(lo) <= target (checked above), mean_at(hi) >= target
+  for (int i = 0; i < 60; ++i) (mean_at(0.5 * (lo + hi)) <= target ? lo : hi) = 0.5 * (lo + hi);
+  for (std::size_t i = 0; i < matrices.size(); ++i) std::get<sage_config>(out[i]).target_bpw = std::max(smallest[i], lo);
+  return out;
 }
 
 /// Quantize one matrix with a named method. `factor` may be null for methods that need no calibration.

@@ -53,6 +53,10 @@ namespace pipeline {
 
 enum class sage_saliency { hessian, magnitude };
 
+/// Padding of the sign rows: 16-byte rows suit vector loads (the CUDA kernels need them); 4-byte rows save up to
+/// 96 bits per row, which matters only for narrow matrices. `automatic`: 4-byte rows below 512 columns.
+enum class sage_row_padding { automatic, bytes16, bytes4 };
+
 struct sage_config {
   double target_bpw = 1.1;  ///< budget on full bits per weight; <= 0 means no budget
   std::vector<int> salient_bits_grid = {2, 3, 4};  ///< candidate bit widths of the salient channels' codes (2..8)
@@ -67,7 +71,13 @@ struct sage_config {
   bool compensate = true;                      ///< GPTQ error compensation
   bool refit_row_scales = true;                ///< closed-form alpha_r in the H metric after compensation
   index_t block_size = 128;                    ///< GPTQ block
+  sage_row_padding row_padding = sage_row_padding::automatic;
 };
+
+/// Whether `cfg` stores 4-byte sign rows for a matrix of `cols` columns.
+inline bool sage_word_rows(const sage_config& cfg, index_t cols) noexcept {
+  return cfg.row_padding == sage_row_padding::bytes4 || (cfg.row_padding == sage_row_padding::automatic && cols < 512);
+}
 
 namespace detail {
 
@@ -92,7 +102,10 @@ struct sage_candidate {
 };
 
 /// The shape a candidate would have, for its exact bit count (no allocation of the payload).
-inline format::sage_shape candidate_shape(index_t rows, index_t cols, index_t salient, int groups, int salient_bits) {
+/// One group and no salient columns store no permutation; other candidates are counted with one (the builder drops
+/// it if the stored order happens to be the identity, which only lowers the bits).
+inline format::sage_shape candidate_shape(index_t rows, index_t cols, index_t salient, int groups, int salient_bits,
+                                          bool word_rows) {
   format::sage_shape s;
   s.rows = static_cast<std::uint32_t>(rows);
   s.cols = static_cast<std::uint32_t>(cols);
@@ -101,6 +114,8 @@ inline format::sage_shape candidate_shape(index_t rows, index_t cols, index_t sa
   s.salient_cols = static_cast<std::uint32_t>(salient);
   s.groups = static_cast<std::uint32_t>(groups);
   s.salient_bits = salient > 0 ? static_cast<std::uint8_t>(salient_bits) : std::uint8_t{0};
+  s.identity_perm = salient == 0 && groups == 1;
+  s.word_rows = word_rows;
   return s;
 }
 
@@ -146,6 +161,11 @@ class sage_columns {
 };
 
 }  // namespace detail
+
+/// The fewest full bits per weight any candidate of `cfg` stores for a rows x cols matrix: one group, nothing salient.
+inline double sage_smallest_bpw(index_t rows, index_t cols, const sage_config& cfg) {
+  return format::sage_bits(detail::candidate_shape(rows, cols, 0, 1, 0, sage_word_rows(cfg, cols))).full_bpw();
+}
 
 /// SAGE-PTQ of one matrix (see the file comment).
 /// @param weights rows x cols (output x input channels), any host_matrix_like
@@ -215,12 +235,14 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   // Candidates within the budget.
   t0 = clock::now();
   std::vector<detail::sage_candidate> candidates;
+  const bool word_rows = sage_word_rows(cfg, cols);
   double cheapest = std::numeric_limits<double>::infinity();
   for (const auto& set : salient_sets)
     for (int bits : set.empty() ? std::vector<int>{0} : cfg.salient_bits_grid)
       for (int g : cfg.group_grid) {
         if (g > cols - std::ssize(set)) continue;
-        const double bpw = format::sage_bits(detail::candidate_shape(rows, cols, std::ssize(set), g, bits)).full_bpw();
+        const double bpw =
+            format::sage_bits(detail::candidate_shape(rows, cols, std::ssize(set), g, bits, word_rows)).full_bpw();
         cheapest = std::min(cheapest, bpw);
         if (cfg.target_bpw > 0 && bpw > cfg.target_bpw) continue;
         candidates.push_back({set, g, bits, 0.0});
@@ -396,6 +418,7 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   spec.salient_bits = std::max(best.cand->salient_bits, 2);
   spec.groups = fit.groups;
   spec.column_group = fit.column_group;
+  spec.word_rows = word_rows;
   for (auto& g : spec.column_group) g = std::max(g, std::int32_t{0});
   auto builder = format::sage_builder::create(spec);
   if (!builder.ok()) return builder.as_outcome();
