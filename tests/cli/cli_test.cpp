@@ -56,7 +56,7 @@ eval_line last_eval_line(const std::string& out) {
   int consumed = 0;
   const int fields = std::sscanf(last.c_str(), "ppl=%lf full_bpw=%lf paper_bpw=%lf windows=%ld%n", &e.ppl, &e.full_bpw,
                                  &e.paper_bpw, &e.windows, &consumed);
-  const bool plain = last.find_first_not_of("0123456789. =_abdeilnoprsuw") == std::string::npos;  // no signs
+  const bool plain = last.find_first_not_of("0123456789. =_abdefilnoprsuw") == std::string::npos;  // no signs
   REQUIRE_MESSAGE((fields == 4 && consumed == std::ssize(last) && plain),
                   "last line \"" << last << "\" does not follow the contract");
   return e;
