@@ -4,7 +4,9 @@
 // CUDA graph of >= 64 launches, divided by the launches. Writes a markdown table to stdout (and argv[1] if given).
 //
 //   nvcc -std=c++20 -O3 -arch=sm_90 -Iinclude -Itests/cpu bench/gemv_cuda_bench.cu -lcublas -o /tmp/gemv_bench
-//   /tmp/gemv_bench /tmp/gemv_cuda.md          # a second argument: one run() of 8192 x 28672 for ncu
+//   /tmp/gemv_bench /tmp/gemv_cuda.md          # every shape and batch
+//   /tmp/gemv_bench /tmp/t.md targets          # the two target shapes only
+//   /tmp/gemv_bench /tmp/p.md profile          # one run() of 8192 x 28672, batch 1, for ncu
 
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -138,10 +140,12 @@ int main(int argc, char** argv) {
                      "| rows x cols | batch | sage run() us | run() without PDL us | GEMV kernel only us | weight GB/s | "
                      "% of floor | floor us | cuBLAS fp16 us | vs cuBLAS | q1_0 run() us | full bpw |\n"
                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-  const bool profile = argc > 2;  // one run() of 8192 x 28672, batch 1, for ncu
+  const std::string mode = argc > 2 ? argv[2] : "";
+  const bool profile = mode == "profile";  // one run() of 8192 x 28672, batch 1, for ncu
   std::vector<std::pair<index_t, index_t>> shapes = {{4096, 4096},  {11008, 4096}, {4096, 11008}, {14336, 4096},
                                                             {4096, 14336}, {28672, 8192}, {8192, 28672}};
   if (profile) shapes = {{8192, 28672}};
+  if (mode == "targets") shapes = {{4096, 14336}, {8192, 28672}};  // the two shapes issue 5 sets targets for
   for (auto [rows, cols] : shapes) {
     const auto m = bench_sage(rows, cols);
     const auto bytes = sp::format::serialize(m);
@@ -218,15 +222,9 @@ int main(int argc, char** argv) {
       CUDA_OK(cudaDeviceSynchronize());
       (void)sage_op::run(sage_args(0), ws, s);
       CUDA_OK(cudaStreamSynchronize(s));
-      const g::detail::sage_rows shape_rows{args[0].weights};
-      const auto* pairs = static_cast<const std::uint32_t*>(ws);
-      const auto* tail = reinterpret_cast<const float*>(static_cast<char*>(ws) + impl::pair_bytes(shape_rows, batch));
-      const int tiles = impl::row_tiles(rows, prop.multiProcessorCount);
       const double kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
-        const g::detail::sage_rows r{args[i % copies].weights};
-        if (tiles == 4) impl::launch_gemv<4>(r, pairs, tail, y, rows, static_cast<int>(batch), st);
-        else if (tiles == 2) impl::launch_gemv<2>(r, pairs, tail, y, rows, static_cast<int>(batch), st);
-        else impl::launch_gemv<1>(r, pairs, tail, y, rows, static_cast<int>(batch), st);
+        (void)impl::launch_gemv(g::detail::sage_rows{args[i % copies].weights}, ws, y, rows, static_cast<int>(batch),
+                                prop.multiProcessorCount, st);
       }, s);
       const float one = 1.0f, zero = 0.0f;
       const double blas_us = time_us(std::max(64, dcopies), [&](int i, cudaStream_t) {

@@ -15,5 +15,7 @@
 #include "format/bit_accounting.hpp"
 #include "format/q1_0.hpp"
 #include "format/rtn.hpp"
+#include "format/sage.hpp"
 
 #include "cuda/config.cuh"
+#include "cuda/gemv/gemv.cuh"

@@ -1,7 +1,9 @@
 // CUDA GEMV kernels (cuda/gemv/gemv.cuh) against a float64 reference of the decoded matrix, on fresh random inputs:
 // sage default format and q1_0; activations fp16 / bf16 / f32, outputs f32 / fp16 / bf16; batch 1..8; ragged shapes
-// (172 columns; rows not a multiple of any row tile; every row-tile count); outputs poisoned (NaN) before each run;
-// one flipped sign bit or scale must fail the tolerance; bad arguments return their statuses.
+// (172 columns; rows not a multiple of any row tile; every row-tile count); both sign decodes (bit_decode for fp16
+// at batch <= 2, forced on small shapes by a test policy; sign_decode otherwise); salient tails of 3, 4 and 8 bits;
+// outputs poisoned (NaN) before each run; one flipped sign bit, scale or salient code must fail the tolerance; bad
+// arguments return their statuses.
 //
 // Built and run on the GPU machine (one command, from the repository root):
 //   nvcc -std=c++20 -O2 -arch=sm_90 -Iinclude -Itests/cpu tests/cuda/gemv_test.cu -o /tmp/gemv_test && /tmp/gemv_test
@@ -14,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "random_packed.hpp"
@@ -139,15 +142,22 @@ struct device_sage {
         view(sp::format::view_serialized<sp::device_space>(m.shape, buffer.ptr)) {}
 };
 
-template <class Act, class Out>
+/// sm90_policy with bit_decode for every K (the default takes it from 16 K steps per block on), so small shapes test
+/// both decodes.
+struct bit_decode_policy : g::sm90_policy {
+  static constexpr int bit_decode_min_steps = 0;
+};
+
+template <class Act, class Out, class Policy = g::sm90_policy>
 void check_sage(const t::sage_case& cs, bool quick) {
   const auto m = t::random_sage(cs);
   device_sage d(m);
-  using op = g::sage_gemv<Act, Out>;
+  using op = g::sage_gemv<Act, Out, Policy>;
   for (index_t batch = 1; batch <= 8; batch += quick ? 7 : 1) {
     const double worst = run_and_compare<op, Act, Out>(m.view(), typename op::arguments{d.view}, cs.rows, cs.cols,
                                                        batch, cs.seed * 10 + static_cast<std::uint64_t>(batch));
-    expect(worst <= 1.0, std::string("sage ") + name<Act>() + "->" + name<Out>() + " " + std::to_string(cs.rows) + "x" +
+    expect(worst <= 1.0, std::string("sage ") + (std::is_same_v<Policy, bit_decode_policy> ? "(bit_decode) " : "") +
+                             name<Act>() + "->" + name<Out>() + " " + std::to_string(cs.rows) + "x" +
                              std::to_string(cs.cols) + " batch " + std::to_string(batch) + ": error/tolerance " +
                              std::to_string(worst));
   }
@@ -168,12 +178,13 @@ void check_q1_0(index_t rows, index_t cols, bool quick) {
   }
 }
 
-/// The tolerance is tight enough: a flipped sign bit, row scale, group scale or salient code fails it.
-void check_detection() {
+/// The tolerance is tight enough: a flipped sign bit, row scale, group scale or salient code fails it, for either
+/// decode (bit_decode_policy at batch 1 runs bit_decode; batch 8 runs sign_decode).
+template <class Policy>
+void check_detection(index_t batch) {
   const t::sage_case cs{37, 172, 3, 3, 4, false, 71};
   const auto m = t::random_sage(cs);
-  using op = g::sage_gemv<__half, float>;
-  const index_t batch = 1;
+  using op = g::sage_gemv<__half, float, Policy>;
   const std::uint64_t seed = 72;
   auto x = t::random_x(batch, cs.cols, seed);
   index_t stored = 0;  // the binarized weight with the largest |x|
@@ -182,21 +193,25 @@ void check_detection() {
     if (magnitude(j) > magnitude(stored)) stored = j;
   auto run_changed = [&](const sp::format::sage_matrix& changed) {
     device_sage d(changed);  // device holds the changed matrix; the reference comes from the original
-    return run_and_compare<op, __half, float>(m.view(), op::arguments{d.view}, cs.rows, cs.cols, batch, seed);
+    return run_and_compare<op, __half, float>(m.view(), typename op::arguments{d.view}, cs.rows, cs.cols, batch, seed);
   };
-  expect(run_changed(m) <= 1.0, "unchanged matrix passes");
+  const std::string at = " (batch " + std::to_string(batch) + ")";
+  expect(run_changed(m) <= 1.0, "unchanged matrix passes" + at);
   auto flipped = m;
   flipped.signs[static_cast<std::size_t>(5 * m.shape.sign_row_words() + stored / 32)] ^= 1u << (stored % 32);
-  expect(run_changed(flipped) > 1.0, "one flipped sign bit fails the tolerance");
+  expect(run_changed(flipped) > 1.0, "one flipped sign bit fails the tolerance" + at);
   auto alpha = m;
   alpha.row_scales[4] = sp::fp16(alpha.row_scales[4].to_float() * 1.0625f);
-  expect(run_changed(alpha) > 1.0, "one changed row scale fails the tolerance");
+  expect(run_changed(alpha) > 1.0, "one changed row scale fails the tolerance" + at);
   auto beta = m;
   beta.group_scales[1] = sp::fp16(beta.group_scales[1].to_float() * 1.0625f);
-  expect(run_changed(beta) > 1.0, "one changed group scale fails the tolerance");
+  expect(run_changed(beta) > 1.0, "one changed group scale fails the tolerance" + at);
   auto code = m;
   code.salient_codes[static_cast<std::size_t>(9 * m.shape.salient_row_words())] ^= 1u;
-  expect(run_changed(code) > 1.0, "one flipped salient code bit fails the tolerance");
+  expect(run_changed(code) > 1.0, "one flipped salient code bit fails the tolerance" + at);
+  auto salient_scale = m;
+  salient_scale.salient_scales[3] = sp::fp16(salient_scale.salient_scales[3].to_float() * 2.0f);
+  expect(run_changed(salient_scale) > 1.0, "one changed salient scale fails the tolerance" + at);
 }
 
 void check_bad_arguments() {
@@ -231,16 +246,22 @@ int main(int argc, char** argv) {
   }
   for (const auto& cs : cases) {
     check_sage<__half, float>(cs, quick);
+    check_sage<__half, float, bit_decode_policy>(cs, quick);
     check_sage<__nv_bfloat16, float>(cs, quick);
   }
   check_sage<float, float>(cases[0], quick);
+  check_sage<float, float, bit_decode_policy>(cases[0], quick);
   check_sage<__half, __half>(cases[1], quick);
+  check_sage<__half, __nv_bfloat16, bit_decode_policy>(cases[1], quick);
+  check_sage<__half, float>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);  // bit_decode by the default policy
   check_sage<__nv_bfloat16, __nv_bfloat16>(cases[1], quick);
   for (auto [rows, cols] : {std::pair<index_t, index_t>{37, 172}, {130, 384}, {4000, 1000}}) {
     check_q1_0<__half, float>(rows, cols, quick);
     check_q1_0<__nv_bfloat16, __nv_bfloat16>(rows, cols, quick);
   }
-  check_detection();
+  check_detection<bit_decode_policy>(1);
+  check_detection<g::sm90_policy>(1);
+  check_detection<g::sm90_policy>(8);
   check_bad_arguments();
   std::printf("%s: %d of %d checks passed\n", failures == 0 ? "PASS" : "FAIL", checks - failures, checks);
   return failures == 0 ? 0 : 1;

@@ -10,9 +10,11 @@
 ///
 /// y (batch x rows, row stride y_stride) = W (rows x cols) x (batch x cols, row stride x_stride), batch in [1, 8].
 /// Activations: __half, __nv_bfloat16 or float (folded to fp16); output: float, __half or __nv_bfloat16.
-/// Numerics: x' = beta * x is rounded once to the 16-bit operand type (fp16, or bf16 for bf16 activations), then
-/// tensor cores multiply exact +-1 (sage) or +-d (q1_0; d rounded to bf16 for bf16 activations) and accumulate in
-/// fp32: |y - y_exact| <= (u16 + 2 (K + 8) 2^-24) sum_j |w_j x_j| + u_out |y|, u16 = 2^-11 (fp16) or 2^-8 (bf16).
+/// Numerics: x' = beta * x and the salient activations are rounded once to the 16-bit operand type (fp16, or bf16 for
+/// bf16 activations), then tensor cores multiply exact binary weights (sage: +-1, or 0/1 with the sum of x' taken out
+/// for fp16 at batch <= policy::bit_decode_max_batch; q1_0: +-d, d rounded to bf16 for bf16 activations) and exact
+/// salient levels q - floor(zero), and accumulate in fp32:
+/// |y - y_exact| <= (u16 + 2 (K + 8) 2^-24) sum_j |w_j x_j| + u_out |y|, u16 = 2^-11 (fp16) or 2^-8 (bf16).
 /// run() never allocates and never synchronizes; errors come back as outcome (status::device_error carries the
 /// cudaError_t name and text). Threading: host calls are reentrant; work is ordered on `stream`.
 
@@ -64,16 +66,24 @@ struct binary_gemv {
     return {};
   }
 
+  /// Workspace: x' pairs, then the salient activations (16-bit), then the fold kernel's per-block sums (two each).
   static std::size_t pair_bytes(const Rows& rows, index_t batch) {
-    return round_up_16(static_cast<std::size_t>(batch * rows.row_words() * 16) * 4);
+    return round_up_16(static_cast<std::size_t>(batch * pair_words(rows.row_words())) * 4);
+  }
+  static std::size_t tail_bytes(const Rows& rows, index_t batch) {
+    return round_up_16(static_cast<std::size_t>(batch * tail_padded(rows.tail_cols())) * 2);
+  }
+  static int fold_blocks(const Rows& rows) {
+    const index_t work = pair_words(rows.row_words()) + tail_padded(rows.tail_cols());  // per batch column
+    return static_cast<int>((work + Policy::fold_threads - 1) / Policy::fold_threads);
   }
   static std::size_t workspace_size(const Rows& rows, index_t batch) {
-    return pair_bytes(rows, batch) + round_up_16(static_cast<std::size_t>(batch * rows.tail_cols()) * 4);
+    return pair_bytes(rows, batch) + tail_bytes(rows, batch) +
+           round_up_16(static_cast<std::size_t>(2 * batch * fold_blocks(rows)) * 4);
   }
 
-  /// Largest row_tiles (1, 2, 4; at most the policy's) that still gives ~0.9 blocks per SM. Per-vector scales
-  /// (q1_0) need registers of their own: 4 tiles of them spilled at 16 warps, so they stop at 2.
-  static constexpr int max_tiles = Rows::unit_vector_scale || Policy::max_row_tiles < 2 ? Policy::max_row_tiles : 2;
+  /// Largest row_tiles (1 or 2, at most the policy's) that still gives ~0.9 blocks per SM.
+  static constexpr int max_tiles = Policy::max_row_tiles < 2 ? Policy::max_row_tiles : 2;
   /// Blocks per SM the registers must allow; per-vector scales spilled at 3 (80 registers), so they ask for 2 at most.
   static constexpr int min_blocks = Rows::unit_vector_scale || Policy::min_blocks < 2 ? Policy::min_blocks : 2;
   static int row_tiles(index_t n_rows, int sms) {
@@ -81,10 +91,19 @@ struct binary_gemv {
     while (tiles > 1 && (n_rows + 16 * tiles - 1) / (16 * tiles) * 10 < 9 * static_cast<index_t>(sms)) tiles /= 2;
     return tiles;
   }
+  /// bit_decode (no IMAD.SHL in the decode; one tile: its 10 accumulators per tile leave no registers for two) where
+  /// the operands allow it, the batch is small (a tile re-reads x' from L1/L2, which costs more than the decode saves
+  /// from policy.bit_decode_max_batch columns on) and each warp has enough K steps to amortize its block.
+  static constexpr bool bit_capable = std::is_same_v<typename operand<Act>::type, __half> && Rows::unit_vector_scale;
+  static bool use_bit_decode(const Rows& rows, index_t batch) {
+    const index_t steps = (rows.row_words() / 4 + 3) / 4;  // per block, split over its warps
+    return bit_capable && batch <= Policy::bit_decode_max_batch &&
+           steps >= static_cast<index_t>(Policy::bit_decode_min_steps) * Policy::warps;
+  }
 
-  template <int Tiles>
-  static cudaError_t launch_gemv(const Rows& rows, const std::uint32_t* pairs, const float* tail, Out* y, index_t y_stride,
-                          int batch, cudaStream_t stream, bool programmatic = true) {
+  template <class Decode, int Tiles>
+  static cudaError_t launch_kernel(const Rows& rows, const void* workspace, Out* y, index_t y_stride, int batch,
+                                   cudaStream_t stream, bool programmatic) {
     // Programmatic dependent launch: the GEMV may start while fold_kernel runs; it streams weights and waits
     // (griddepcontrol.wait) before reading x'. Ignored where unsupported (the launch then simply serializes).
     cudaLaunchConfig_t config{};
@@ -96,32 +115,43 @@ struct binary_gemv {
     attribute[0].val.programmaticStreamSerializationAllowed = 1;
     config.attrs = attribute;
     config.numAttrs = programmatic ? 1 : 0;
-    return cudaLaunchKernelEx(&config, binary_gemv_kernel<Rows, Act, Out, Policy::warps, Tiles, min_blocks>, rows, pairs, tail, y,
-                              y_stride, batch);
+    const auto* bytes = static_cast<const char*>(workspace);
+    const auto* pairs = reinterpret_cast<const std::uint32_t*>(bytes);
+    const auto* tail = reinterpret_cast<const std::uint16_t*>(bytes + pair_bytes(rows, batch));
+    const auto* sums = reinterpret_cast<const float*>(bytes + pair_bytes(rows, batch) + tail_bytes(rows, batch));
+    return cudaLaunchKernelEx(&config, binary_gemv_kernel<Rows, Act, Out, Decode, Policy::warps, Tiles, min_blocks>,
+                              rows, pairs, tail, sums, fold_blocks(rows), y, y_stride, batch);
+  }
+
+  /// The GEMV launch alone, on x' already folded into `workspace` (run() = fold_kernel + this).
+  static cudaError_t launch_gemv(const Rows& rows, const void* workspace, Out* y, index_t y_stride, int batch, int sms,
+                                 cudaStream_t stream, bool programmatic = true) {
+    if constexpr (bit_capable && Policy::bit_decode_max_batch > 0)
+      if (use_bit_decode(rows, batch))
+        return launch_kernel<bit_decode, 1>(rows, workspace, y, y_stride, batch, stream, programmatic);
+    if (row_tiles(rows.rows(), sms) == 2)
+      return launch_kernel<sign_decode, max_tiles>(rows, workspace, y, y_stride, batch, stream, programmatic);
+    return launch_kernel<sign_decode, 1>(rows, workspace, y, y_stride, batch, stream, programmatic);
   }
 
   static outcome run(const Rows& rows, const Act* x, index_t x_stride, Out* y, index_t y_stride, index_t batch,
                      void* workspace, cudaStream_t stream, bool programmatic = true) {
     if (workspace == nullptr || reinterpret_cast<std::uintptr_t>(workspace) % 16 != 0)
       return fail(status::invalid_argument, "cuda::gemv: workspace must be a 16-byte aligned device pointer");
-    auto* pairs = static_cast<std::uint32_t*>(workspace);
-    auto* tail = reinterpret_cast<float*>(static_cast<char*>(workspace) + pair_bytes(rows, batch));
-    const index_t work = rows.row_words() * 16 + rows.tail_cols();  // per batch column
-    if (work > 0) {
-      const dim3 blocks(static_cast<unsigned>((work + Policy::fold_threads - 1) / Policy::fold_threads),
-                        static_cast<unsigned>(batch));
-      fold_kernel<Rows, Act><<<blocks, Policy::fold_threads, 0, stream>>>(rows, x, x_stride, pairs, tail);
+    auto* bytes = static_cast<char*>(workspace);
+    auto* pairs = reinterpret_cast<std::uint32_t*>(bytes);
+    auto* tail = reinterpret_cast<std::uint16_t*>(bytes + pair_bytes(rows, batch));
+    auto* sums = reinterpret_cast<float*>(bytes + pair_bytes(rows, batch) + tail_bytes(rows, batch));
+    if (const int n = fold_blocks(rows); n > 0) {
+      const dim3 blocks(static_cast<unsigned>(n), static_cast<unsigned>(batch));
+      fold_kernel<Rows, Act, Policy::fold_threads><<<blocks, Policy::fold_threads, 0, stream>>>(rows, x, x_stride,
+                                                                                                 pairs, tail, sums);
       SAGEPTQ_CUDA_TRY(cudaGetLastError());
     }
     int device = 0, sms = 0;
     SAGEPTQ_CUDA_TRY(cudaGetDevice(&device));
     SAGEPTQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int b = static_cast<int>(batch);
-    switch (row_tiles(rows.rows(), sms)) {
-      case 4: SAGEPTQ_CUDA_TRY((launch_gemv<(max_tiles >= 4 ? 4 : 1)>(rows, pairs, tail, y, y_stride, b, stream, programmatic))); break;
-      case 2: SAGEPTQ_CUDA_TRY((launch_gemv<(max_tiles >= 2 ? 2 : 1)>(rows, pairs, tail, y, y_stride, b, stream, programmatic))); break;
-      default: SAGEPTQ_CUDA_TRY(launch_gemv<1>(rows, pairs, tail, y, y_stride, b, stream, programmatic)); break;
-    }
+    SAGEPTQ_CUDA_TRY(launch_gemv(rows, workspace, y, y_stride, static_cast<int>(batch), sms, stream, programmatic));
     return {};
   }
 };
@@ -149,6 +179,9 @@ class sage_gemv {
         s.group_mode != format::sage_group_mode::column)
       return fail(status::unsupported, "cuda::gemv: sage kernels implement one plane, factorized scales and "
                                        "column groups only");
+    if (s.sign_row_words() % 4 != 0)  // the kernels load sign rows as 16-byte vectors
+      return fail(status::unsupported, "cuda::gemv: sage sign rows must be a multiple of 16 bytes (word_rows "
+                                       "matrices of other widths are CPU-only)");
     return impl::check(detail::sage_rows{a.weights}, a.x, s.cols, a.x_stride, a.y, a.y_stride, a.batch);
   }
   static std::size_t workspace_size(const arguments& a) {
