@@ -73,10 +73,14 @@ void q1_0_rotated(benchmark::State& s, isa p) { run(s, q1_0_copies(), p, true); 
 
 }  // namespace
 
+BENCHMARK_CAPTURE(sage_hot, avx512_vnni, isa::avx512_vnni)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(sage_rotated, avx512_vnni, isa::avx512_vnni)->Arg(1)->Arg(8)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(sage_hot, avx512, isa::avx512)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(sage_rotated, avx512, isa::avx512)->Arg(1)->Arg(8)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(sage_hot, avx2, isa::avx2)->Arg(1)->Arg(8)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(sage_hot, scalar, isa::scalar)->Arg(1)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(q1_0_hot, avx512_vnni, isa::avx512_vnni)->Arg(1)->Arg(8)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(q1_0_rotated, avx512_vnni, isa::avx512_vnni)->Arg(1)->Arg(8)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(q1_0_hot, avx512, isa::avx512)->Arg(1)->Arg(8)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(q1_0_rotated, avx512, isa::avx512)->Arg(1)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(q1_0_hot, avx2, isa::avx2)->Arg(1)->Unit(benchmark::kMicrosecond);

@@ -3,7 +3,8 @@
 // what a quantized model file stores) together with its f32 decode: batches of up to cpu::max_batch rows
 // (incremental decoding) run the library's CPU GEMV kernels on the packed weights where they implement the format
 // (sage with column groups, q1_0, rtn); longer batches (whole evaluation windows) multiply the decoded weights with
-// the dense engine's matmul. The two paths agree up to the kernels' stated float rounding (cpu/gemv.hpp).
+// the dense engine's matmul. The two paths agree up to the kernels' stated rounding (cpu/gemv.hpp): float rounding,
+// plus the int8 rounding of the activations on the avx512_vnni path.
 
 #include <sageptq/cpu/gemv.hpp>
 #include <sageptq/io/quantized_model.hpp>

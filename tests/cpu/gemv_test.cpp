@@ -2,6 +2,8 @@
 // reference of the decoded matrix on fresh random inputs, for batch 1..8 and ragged shapes (172 columns, rows not a
 // multiple of any tile), with outputs poisoned first; the tolerance is shown to catch one flipped sign bit or scale;
 // bad inputs return their statuses; results are bit-identical for any thread count.
+// The int8 path (avx512_vnni) is held to the same fp32 tolerance against the reference on its dequantized
+// activations (int8_effective_x), and to fp32 + the documented int8 bound against the reference on x.
 
 #include "sageptq/cpu/gemv.hpp"
 
@@ -24,9 +26,18 @@ namespace {
 
 std::vector<isa> supported_paths() {
   std::vector<isa> paths;
-  for (isa p : {isa::scalar, isa::avx2, isa::avx512})
+  for (isa p : sp::cpu::all_isas)
     if (sp::cpu::supported(p)) paths.push_back(p);
   return paths;
+}
+
+/// The float64 reference a path must meet within fp32_tolerance: on x, or on the int8 path's dequantized x.
+template <class View>
+t::reference path_reference(const View& w, index_t rows, index_t cols, const std::vector<float>& x, index_t batch,
+                            isa path) {
+  if constexpr (requires { t::int8_effective_x(w, x, batch); })
+    if (path == isa::avx512_vnni) return t::dense_reference(w, rows, cols, t::int8_effective_x(w, x, batch), batch);
+  return t::dense_reference(w, rows, cols, x, batch);
 }
 
 /// Runs gemv on `path` into a NaN-poisoned y and returns y (batch x rows).
@@ -45,23 +56,34 @@ template <class View>
 void check_all_paths(const View& w, index_t rows, index_t cols, std::uint64_t seed) {
   for (index_t batch = 1; batch <= 8; ++batch) {
     const auto x = t::random_x(batch, cols, seed * 100 + static_cast<std::uint64_t>(batch));
-    const auto ref = t::dense_reference(w, rows, cols, x, batch);
+    const auto exact = t::dense_reference(w, rows, cols, x, batch);
     for (isa path : supported_paths()) {
       CAPTURE(sp::cpu::to_string(path));
       CAPTURE(batch);
       const auto y = run(w, rows, cols, x, batch, path);
-      CHECK(t::worst_ratio(y.data(), ref, cols, t::fp32_tolerance) <= 1.0);
+      CHECK(t::worst_ratio(y.data(), path_reference(w, rows, cols, x, batch, path), cols, t::fp32_tolerance) <= 1.0);
+      if constexpr (requires { t::int8_bound(w, x, batch); }) {
+        if (path != isa::avx512_vnni) continue;
+        // Against x itself: fp32 rounding plus the a-priori int8 bound (int8_activations.hpp).
+        const auto int8 = t::int8_bound(w, x, batch);
+        double worst = 0;
+        for (std::size_t i = 0; i < y.size(); ++i)
+          worst = std::max(worst, std::fabs(y[i] - exact.y[i]) / (t::fp32_tolerance(cols, exact.bound[i]) + int8[i]));
+        CHECK(worst <= 1.0);
+      }
     }
   }
 }
 
-/// True when some output of every path misses the reference of the unmodified matrix.
+/// True when some output of every path misses the reference of the unmodified matrix `original`.
 template <class View>
-bool every_path_detects(const View& changed, index_t rows, index_t cols, const std::vector<float>& x,
-                        const t::reference& original, index_t batch) {
-  for (isa path : supported_paths())
-    if (t::worst_ratio(run(changed, rows, cols, x, batch, path).data(), original, cols, t::fp32_tolerance) <= 1.0)
+bool every_path_detects(const View& changed, const View& original, index_t rows, index_t cols,
+                        const std::vector<float>& x, index_t batch) {
+  for (isa path : supported_paths()) {
+    const auto ref = path_reference(original, rows, cols, x, batch, path);
+    if (t::worst_ratio(run(changed, rows, cols, x, batch, path).data(), ref, cols, t::fp32_tolerance) <= 1.0)
       return false;
+  }
   return true;
 }
 
@@ -75,7 +97,8 @@ TEST_CASE("cpu gemv: this CPU runs every path (the CI machine must have AVX-512)
 
 TEST_CASE("cpu gemv sage: every path and batch matches the float64 reference (ragged shapes)") {
   for (const t::sage_case cs : {t::sage_case{37, 172, 3, 3, 4, false, 11}, t::sage_case{130, 700, 7, 4, 3, true, 12},
-                                t::sage_case{5, 300, 0, 1, 4, false, 13}, t::sage_case{67, 129, 1, 2, 8, false, 14}}) {
+                                t::sage_case{5, 300, 0, 1, 4, false, 13}, t::sage_case{67, 129, 1, 2, 8, false, 14},
+                                t::sage_case{21, 400, 17, 2, 3, true, 15}, t::sage_case{9, 172, 2, 2, 4, false, 16, true}}) {
     CAPTURE(cs.rows);
     CAPTURE(cs.cols);
     const auto m = t::random_sage(cs);
@@ -102,10 +125,11 @@ TEST_CASE("cpu gemv: one flipped sign bit, row scale, group scale or salient cod
   const auto m = t::random_sage(cs);
   const index_t batch = 2;
   const auto x = t::random_x(batch, cs.cols, 32);
-  const auto ref = t::dense_reference(m.view(), cs.rows, cs.cols, x, batch);
-  for (isa path : supported_paths())  // the unmodified matrix passes on every path
-    CHECK(t::worst_ratio(run(m.view(), cs.rows, cs.cols, x, batch, path).data(), ref, cs.cols, t::fp32_tolerance) <=
-          1.0);
+  for (isa path : supported_paths()) {  // the unmodified matrix passes on every path
+    CAPTURE(sp::cpu::to_string(path));
+    CHECK(t::worst_ratio(run(m.view(), cs.rows, cs.cols, x, batch, path).data(),
+                         path_reference(m.view(), cs.rows, cs.cols, x, batch, path), cs.cols, t::fp32_tolerance) <= 1.0);
+  }
 
   // The binarized weight that multiplies the largest |x| of batch column 0: a flip moves y by 2 |w x|.
   index_t stored = 0;
@@ -114,29 +138,28 @@ TEST_CASE("cpu gemv: one flipped sign bit, row scale, group scale or salient cod
     if (magnitude(j) > magnitude(stored)) stored = j;
   auto flipped = m;
   flipped.signs[static_cast<std::size_t>(5 * m.shape.sign_row_words() + stored / 32)] ^= 1u << (stored % 32);
-  CHECK(every_path_detects(flipped.view(), cs.rows, cs.cols, x, ref, batch));
+  CHECK(every_path_detects(flipped.view(), m.view(), cs.rows, cs.cols, x, batch));
 
   auto row_scale = m;
   row_scale.row_scales[4] = sp::fp16(row_scale.row_scales[4].to_float() * 1.0625f);
-  CHECK(every_path_detects(row_scale.view(), cs.rows, cs.cols, x, ref, batch));
+  CHECK(every_path_detects(row_scale.view(), m.view(), cs.rows, cs.cols, x, batch));
 
   auto group_scale = m;
   group_scale.group_scales[1] = sp::fp16(group_scale.group_scales[1].to_float() * 1.0625f);
-  CHECK(every_path_detects(group_scale.view(), cs.rows, cs.cols, x, ref, batch));
+  CHECK(every_path_detects(group_scale.view(), m.view(), cs.rows, cs.cols, x, batch));
 
   auto code = m;
   code.salient_codes[static_cast<std::size_t>(9 * m.shape.salient_row_words())] ^= 1u;  // row 9, code 0, low bit
-  CHECK(every_path_detects(code.view(), cs.rows, cs.cols, x, ref, batch));
+  CHECK(every_path_detects(code.view(), m.view(), cs.rows, cs.cols, x, batch));
 
   const auto q = t::random_q1_0(cs.rows, cs.cols, 33);
-  const auto qref = t::dense_reference(q.view(), cs.rows, cs.cols, x, batch);
   auto qflip = q;
   const auto best = m.view().source_column(stored);  // the same large |x|, unpermuted in q1_0
   qflip.signs[static_cast<std::size_t>(2 * q.view().words_per_row() + best / 32)] ^= 1u << (best % 32);
-  CHECK(every_path_detects(qflip.view(), cs.rows, cs.cols, x, qref, batch));
+  CHECK(every_path_detects(qflip.view(), q.view(), cs.rows, cs.cols, x, batch));
   auto qscale = q;
   qscale.scales[3] = sp::fp16(qscale.scales[3].to_float() * 1.0625f);
-  CHECK(every_path_detects(qscale.view(), cs.rows, cs.cols, x, qref, batch));
+  CHECK(every_path_detects(qscale.view(), q.view(), cs.rows, cs.cols, x, batch));
 }
 
 TEST_CASE("cpu gemv: SAGEPTQ_CPU_ISA forces each path, and the default call follows it") {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "sageptq/core/numeric.hpp"
+#include "sageptq/cpu/int8_activations.hpp"
 #include "sageptq/core/random.hpp"
 #include "sageptq/format/q1_0.hpp"
 #include "sageptq/format/rtn.hpp"
@@ -29,6 +30,7 @@ struct sage_case {
   int groups = 3, salient_bits = 4;
   bool symmetric = false;
   std::uint64_t seed = 1;
+  bool word_rows = false;  ///< 4-byte sign rows
 };
 
 /// The sage default format (1 plane, factorized scales, column groups) with every field random.
@@ -43,6 +45,7 @@ inline sp::format::sage_matrix random_sage(const sage_case& cs) {
   spec.salient_bits = cs.salient_bits;
   spec.salient_symmetric = cs.symmetric;
   spec.groups = cs.groups;
+  spec.word_rows = cs.word_rows;
   for (index_t c = 0; c < cs.cols; ++c)
     spec.column_group.push_back(static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(cs.groups))));
   auto created = sp::format::sage_builder::create(spec);
@@ -147,6 +150,87 @@ inline double worst_ratio(const float* y, const reference& ref, index_t k, doubl
     worst = std::max(worst, err / std::max(tolerance(k, ref.bound[i]), 1e-30));
   }
   return worst;
+}
+
+// --- the int8 activations of the VNNI path (cpu/int8_activations.hpp) ----------------------------------------------
+
+/// What the VNNI path quantizes for sage: x' = beta * x in stored order, zero-padded to whole sign rows
+/// ([batch][32 * sign_row_words]), exactly as cpu::gemv builds it.
+inline std::vector<float> sage_folded_x(const sp::format::sage_view<sp::host_space>& w, const std::vector<float>& x,
+                                        index_t batch) {
+  const index_t padded = 32 * w.shape.sign_row_words(), cols = w.shape.cols;
+  std::vector<float> folded(static_cast<std::size_t>(batch * padded), 0.0f);
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t j = 0; j < w.shape.binarized_cols(); ++j)
+      folded[static_cast<std::size_t>(b * padded + j)] =
+          w.group_scales[w.group(0, j)].to_float() * x[static_cast<std::size_t>(b * cols + w.source_column(j))];
+  return folded;
+}
+
+/// The activations the VNNI path effectively multiplies, in source order: x^ = d q / beta for the binarized
+/// columns, x for the salient ones (and x unchanged for 4-byte sign rows, which run the fp32 path). The VNNI path
+/// must match dense_reference(w, x^) within fp32_tolerance, like the fp32 paths match dense_reference(w, x).
+inline std::vector<float> int8_effective_x(const sp::format::sage_view<sp::host_space>& w, const std::vector<float>& x,
+                                           index_t batch) {
+  if (w.shape.sign_row_words() % 4 != 0) return x;
+  const index_t padded = 32 * w.shape.sign_row_words(), cols = w.shape.cols;
+  const auto q = sp::cpu::quantize_int8(sage_folded_x(w, x, batch).data(), batch, padded, padded);
+  std::vector<float> effective = x;
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t j = 0; j < w.shape.binarized_cols(); ++j)
+      effective[static_cast<std::size_t>(b * cols + w.source_column(j))] = static_cast<float>(
+          static_cast<double>(q.scale(b, j / sp::cpu::int8_block)) * q.row(b)[j] /
+          static_cast<double>(w.group_scales[w.group(0, j)].to_float()));
+  return effective;
+}
+
+inline std::vector<float> int8_effective_x(const sp::format::q1_0_view<sp::host_space>& w, const std::vector<float>& x,
+                                           index_t batch) {
+  const index_t padded = 32 * w.words_per_row();
+  std::vector<float> padded_x(static_cast<std::size_t>(batch * padded), 0.0f), effective = x;
+  for (index_t b = 0; b < batch; ++b)
+    std::copy_n(x.begin() + b * w.cols, w.cols, padded_x.begin() + b * padded);
+  const auto q = sp::cpu::quantize_int8(padded_x.data(), batch, padded, padded);
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t c = 0; c < w.cols; ++c)
+      effective[static_cast<std::size_t>(b * w.cols + c)] = q.scale(b, c / sp::cpu::int8_block) * q.row(b)[c];
+  return effective;
+}
+
+/// The documented a-priori bound on what int8 activations add to the error against dense_reference(w, x):
+/// sum_j |w_rj| |x_j - x^_j| <= sum_j |w_rj| d_block(j) (1/2 + 2^-12) / |beta_g(j)|, per [batch][rows].
+inline std::vector<double> int8_bound(const sp::format::sage_view<sp::host_space>& w, const std::vector<float>& x,
+                                      index_t batch) {
+  std::vector<double> bound(static_cast<std::size_t>(batch * w.shape.rows), 0.0);
+  if (w.shape.sign_row_words() % 4 != 0) return bound;
+  const index_t padded = 32 * w.shape.sign_row_words();
+  const auto q = sp::cpu::quantize_int8(sage_folded_x(w, x, batch).data(), batch, padded, padded);
+  for (index_t b = 0; b < batch; ++b) {
+    double d_sum = 0;  // |w_rj| / |beta| = |alpha_r|: the row scale factors out
+    for (index_t j = 0; j < w.shape.binarized_cols(); ++j) d_sum += q.scale(b, j / sp::cpu::int8_block);
+    for (index_t r = 0; r < w.shape.rows; ++r)
+      bound[static_cast<std::size_t>(b * w.shape.rows + r)] =
+          std::fabs(w.row_scales[r].to_float()) * d_sum * sp::cpu::int8_rounding;
+  }
+  return bound;
+}
+
+inline std::vector<double> int8_bound(const sp::format::q1_0_view<sp::host_space>& w, const std::vector<float>& x,
+                                      index_t batch) {
+  const index_t padded = 32 * w.words_per_row(), groups = w.groups_per_row();
+  std::vector<float> padded_x(static_cast<std::size_t>(batch * padded), 0.0f);
+  for (index_t b = 0; b < batch; ++b) std::copy_n(x.begin() + b * w.cols, w.cols, padded_x.begin() + b * padded);
+  const auto q = sp::cpu::quantize_int8(padded_x.data(), batch, padded, padded);
+  std::vector<double> bound(static_cast<std::size_t>(batch * w.rows), 0.0);
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t r = 0; r < w.rows; ++r)
+      for (index_t g = 0; g < groups; ++g) {
+        const index_t n = std::min<index_t>(sp::format::q1_0::group_size, w.cols - g * sp::format::q1_0::group_size);
+        bound[static_cast<std::size_t>(b * w.rows + r)] += std::fabs(w.scales[r * groups + g].to_float()) *
+                                                           static_cast<double>(n) * q.scale(b, g) *
+                                                           sp::cpu::int8_rounding;
+      }
+  return bound;
 }
 
 }  // namespace sageptq_test

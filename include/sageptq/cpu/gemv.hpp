@@ -4,17 +4,22 @@
 /// q1_0 and rtn, for 1 to 8 activation columns at once.
 ///
 /// Inputs: the packed view, x (batch x cols, any strides) and y (batch x rows, unit column stride), batch in [1, 8].
-/// Output: y, every element written. The binary part runs on the path active_isa() picks (scalar, AVX2 or AVX-512,
-/// forced by SAGEPTQ_CPU_ISA) or on the one the caller names; rtn has only the scalar path.
-/// Numerics: fp32 accumulation on every path. sage folds beta into x once (x'_j = beta_g(j) * x_perm(j)) and alpha
-/// into the row's sum, so its rounding differs from decode(W) * x by a few ulps per term; the SIMD paths sum in
-/// lanes (and as 2 * sum_{bit=1} x' - sum x'), so results differ between paths by float rounding only:
-/// |y - y_exact| <= (K + 8) * 2^-24 * sum_j |w_j x_j| bounds all of them.
+/// Output: y, every element written. The binary part runs on the path active_isa() picks (scalar, AVX2, AVX-512 or
+/// AVX-512 VNNI, forced by SAGEPTQ_CPU_ISA) or on the one the caller names; rtn has only the scalar path.
+/// Numerics: scalar, avx2 and avx512 accumulate fp32 products with x. sage folds beta into x once
+/// (x'_j = beta_g(j) * x_perm(j)) and alpha into the row's sum, so its rounding differs from decode(W) * x by a few
+/// ulps per term; the SIMD paths sum in lanes (and as 2 * sum_{bit=1} x' - sum x'), so these paths differ by float
+/// rounding only: |y - y_exact| <= (K + 8) * 2^-24 * sum_j |w_j x_j|.
+/// avx512_vnni (the default where the CPU has it) multiplies the binarized weights with x' rounded to int8 per
+/// 128-column block (int8_activations.hpp), exactly in int32 within a block: it meets the bound above against
+/// decode(W) * x^, x^ the dequantized activations (the salient tail and rtn keep fp32 x), and differs from
+/// decode(W) * x by at most sum_j |w_j| d_block(j) (1/2 + 2^-12) more (d = block max |x'| / 127).
 /// Threading: rows are split into blocks of 64 across the caller's executor; each output is computed by one task
-/// in a fixed order, so y is bit-identical for every thread count (and differs between ISA paths only by rounding).
+/// in a fixed order, so y is bit-identical for every thread count.
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +34,10 @@
 #include "binary_rows.hpp"
 #include "binary_rows_avx2.hpp"
 #include "binary_rows_avx512.hpp"
+#include "binary_rows_vnni.hpp"
+#include "int8_activations.hpp"
+#include "salient_rows.hpp"
+#include "salient_rows_avx512.hpp"
 #include "isa.hpp"
 
 SAGEPTQ_NAMESPACE_BEGIN
@@ -55,8 +64,38 @@ inline outcome check_io(index_t rows, index_t cols, const matrix_view<const floa
   return check_finite_matrix(x, "cpu::gemv: x");
 }
 
+#if SAGEPTQ_CPU_X86
+inline constexpr quantize_block_fn vnni_quantizer = quantize_block_avx512;
+inline bool salient_simd_supported() noexcept { return salient_avx512_supported(); }
+inline void add_salient_simd(const salient_rows& s, index_t r0, index_t r1, float* out, index_t out_stride) {
+  add_salient_avx512(s, r0, r1, out, out_stride);
+}
+#else
+inline constexpr quantize_block_fn vnni_quantizer = quantize_block;
+inline bool salient_simd_supported() noexcept { return false; }
+inline void add_salient_simd(const salient_rows& s, index_t r0, index_t r1, float* out, index_t out_stride) {
+  add_salient_scalar(s, r0, r1, out, out_stride);
+}
+#endif
+
 inline constexpr index_t block_rows = 64;
 inline constexpr index_t simd_batch = 2;
+
+/// The int8 side of the VNNI path for `a`: x' quantized per block, and the block offsets summed per weight group.
+struct vnni_input {
+  int8_activations x;
+  std::vector<float> group_offsets;  // [batch][groups]
+
+  explicit vnni_input(const binary_rows& a)
+      : x(quantize_int8(a.x, a.batch, 32 * a.row_words, a.x_stride, vnni_quantizer)) {
+    const index_t groups = a.groups(), blocks_per_group = x.blocks() / groups;
+    group_offsets.assign(static_cast<std::size_t>(a.batch * groups), 0.0f);
+    for (index_t b = 0; b < a.batch; ++b)
+      for (index_t block = 0; block < x.blocks(); ++block)
+        group_offsets[static_cast<std::size_t>(b * groups + block / blocks_per_group)] +=
+            x.offsets[static_cast<std::size_t>(b * x.blocks() + block)];
+  }
+};
 
 /// Runs the binary rows of `a` on `path` in blocks of rows, then tail(r0, r1) on each block (salient columns).
 template <class E, class Tail>
@@ -64,21 +103,37 @@ void run_binary(binary_rows a, isa path, index_t rows, matrix_view<float> y, con
   const int lanes = path == isa::avx512 ? 16 : 8;
   // Batch columns per pass: 2 keeps each pass's x' (2 x 4 cols bytes) in L2 with 4 rows sharing every x' load; 8 at
   // once re-read 8 x' rows from L2 per weight row and ran 1.4x slower at batch 8 (bench/results/gemv.md).
-  const index_t slice = path == isa::scalar ? max_batch : simd_batch;
+  const index_t slice = path == isa::scalar ? max_batch : path == isa::avx512_vnni ? vnni_batch : simd_batch;
   std::vector<float> sums;
-  if (path != isa::scalar) sums = group_sums(a, lanes);
+  if (path == isa::avx2 || path == isa::avx512) sums = group_sums(a, lanes);
+  std::optional<vnni_input> vnni;
+  if (path == isa::avx512_vnni) vnni.emplace(a);
   exec.parallel_for((rows + block_rows - 1) / block_rows, [&](index_t block) {
     const index_t r0 = block * block_rows, r1 = std::min(rows, r0 + block_rows);
     for (index_t b0 = 0; b0 < a.batch; b0 += slice) {
       binary_rows part = a;
       part.batch = std::min(slice, a.batch - b0);
       part.x = a.x + b0 * a.x_stride;
-      part.group_sums = sums.data() + b0 * a.groups() * lanes;
       float* out = y.data + b0 * y.stride[0];
       switch (path) {
 #if SAGEPTQ_CPU_X86
-        case isa::avx512: rows_avx512(part, r0, r1, out, y.stride[0]); break;
-        case isa::avx2: rows_avx2(part, r0, r1, out, y.stride[0]); break;
+        case isa::avx512_vnni: {
+          const int8_rows q{vnni->x.row(b0), vnni->x.cols, vnni->x.scales.data() + b0 * vnni->x.blocks(),
+                            vnni->group_offsets.data() + b0 * a.groups(), part.batch};
+          if (a.groups() == 1)
+            rows_vnni<true>(part, q, r0, r1, out, y.stride[0]);
+          else
+            rows_vnni<false>(part, q, r0, r1, out, y.stride[0]);
+          break;
+        }
+        case isa::avx512:
+          part.group_sums = sums.data() + b0 * a.groups() * lanes;
+          rows_avx512(part, r0, r1, out, y.stride[0]);
+          break;
+        case isa::avx2:
+          part.group_sums = sums.data() + b0 * a.groups() * lanes;
+          rows_avx2(part, r0, r1, out, y.stride[0]);
+          break;
 #endif
         default: rows_scalar(part, r0, r1, out, y.stride[0]); break;
       }
@@ -113,39 +168,41 @@ outcome gemv(const format::sage_view<host_space>& w, matrix_view<const float> x,
   if (!supported(path)) return fail(status::unsupported, std::string("cpu::gemv: this CPU lacks ") + to_string(path));
   const index_t batch = x.rows(), kb = s.binarized_cols(), ks = s.salient_cols, row_words = s.sign_row_words();
 
-  // x' = beta-folded x in stored order (zero in the row padding), and the salient tail of x.
+  // x' = beta-folded x in stored order (zero in the row padding), and the salient tail of x (zero-padded to 16).
   const index_t padded = 32 * row_words;
-  std::vector<float> folded(static_cast<std::size_t>(batch * padded), 0.0f), tail(static_cast<std::size_t>(batch * ks));
+  detail::salient_rows salient{w.salient_codes, s.salient_row_words(), s.salient_bits, ks, w.salient_scales,
+                               s.salient_symmetric ? nullptr : w.salient_zeros,
+                               0.5f * static_cast<float>(s.salient_max_code()), nullptr, batch};
+  std::vector<float> folded(static_cast<std::size_t>(batch * padded), 0.0f),
+      tail(static_cast<std::size_t>(batch * salient.padded_count()), 0.0f);
+  // w.source_column(j) with the permutation's width computed once, not per column.
+  const int perm_bits = s.perm_bits();
+  auto source = [&](index_t j) -> index_t {
+    return s.identity_perm ? j : perm_bits == 0 ? 0 : static_cast<index_t>(format::read_code(w.col_perm, j, perm_bits));
+  };
   for (index_t g = 0; g < s.groups; ++g) {
     const float beta = w.group_scales[g].to_float();
     for (index_t j = w.group_offsets[g]; j < w.group_offsets[g + 1]; ++j) {
-      const index_t c = w.source_column(j);
+      const index_t c = source(j);
       for (index_t b = 0; b < batch; ++b) folded[static_cast<std::size_t>(b * padded + j)] = beta * x(b, c);
     }
   }
   for (index_t k = 0; k < ks; ++k) {
-    const index_t c = w.source_column(kb + k);
-    for (index_t b = 0; b < batch; ++b) tail[static_cast<std::size_t>(b * ks + k)] = x(b, c);
+    const index_t c = source(kb + k);
+    for (index_t b = 0; b < batch; ++b) tail[static_cast<std::size_t>(b * salient.padded_count() + k)] = x(b, c);
   }
+  salient.x = tail.data();
 
   detail::binary_rows a{w.signs, row_words, row_words, w.row_scales, folded.data(), padded, nullptr, batch};
-  const float max_code = static_cast<float>(s.salient_max_code());
+  // 4-byte sign rows (word_rows, small matrices) are not whole int8 blocks: they take the fp32 AVX-512 path.
+  if (path == isa::avx512_vnni && row_words % (int8_block / 32) != 0) path = isa::avx512;
+  const bool simd_tail = (path == isa::avx512 || path == isa::avx512_vnni) && detail::salient_simd_supported();
   detail::run_binary(a, path, s.rows, y, exec, [&](index_t r0, index_t r1) {
     if (ks == 0) return;
-    std::vector<float> level(static_cast<std::size_t>(ks));  // q - zero of the row's codes, exact small integers
-    for (index_t r = r0; r < r1; ++r) {
-      const std::uint32_t* codes = w.salient_codes + r * s.salient_row_words();
-      const float zero = s.salient_symmetric ? 0.5f * max_code : static_cast<float>(w.salient_zeros[r]);
-      for (index_t k = 0; k < ks; ++k)
-        level[static_cast<std::size_t>(k)] = static_cast<float>(format::read_code(codes, k, s.salient_bits)) - zero;
-      const float scale = w.salient_scales[r].to_float();
-      for (index_t b = 0; b < batch; ++b) {
-        const float* xt = tail.data() + b * ks;
-        float dot = 0.0f;
-        for (index_t k = 0; k < ks; ++k) dot += level[static_cast<std::size_t>(k)] * xt[k];
-        y(b, r) += scale * dot;
-      }
-    }
+    if (simd_tail)
+      detail::add_salient_simd(salient, r0, r1, y.data, y.stride[0]);
+    else
+      detail::add_salient_scalar(salient, r0, r1, y.data, y.stride[0]);
   });
   return {};
 }
