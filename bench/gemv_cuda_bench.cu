@@ -1,12 +1,15 @@
-// GEMV timing on the GPU: sage default format (1% salient columns at 4 bits, 4 column groups, ~1.04-1.06 full bpw)
-// and q1_0 against cuBLAS fp16 (cublasGemmEx, n = batch) and a streaming kernel that reads the same bytes (the floor).
+// GEMV timing on the GPU: sage default format (1% salient columns at 4 bits, 4 column groups, ~1.04-1.06 full bpw),
+// q1_0 and rtn (4 bits, scale and zero per 128) against cuBLAS fp16 (cublasGemmEx, n = batch) and a streaming kernel
+// that reads the same bytes (the floor).
 // Weights are rotated over >= 256 MB of copies so they come from HBM; each figure is the median over 15 replays of a
-// CUDA graph of >= 64 launches, divided by the launches. Writes a markdown table to stdout (and argv[1] if given).
+// CUDA graph of >= 64 launches, divided by the launches. Then fused q/k/v and gate/up (fused_gemv) against the same
+// matrices in separate run() calls. Writes markdown tables to stdout (and argv[1] if given).
 //
 //   nvcc -std=c++20 -O3 -arch=sm_90 -Iinclude -Itests/cpu bench/gemv_cuda_bench.cu -lcublas -o /tmp/gemv_bench
 //   /tmp/gemv_bench /tmp/gemv_cuda.md          # every shape and batch
 //   /tmp/gemv_bench /tmp/t.md targets          # the two target shapes only
 //   /tmp/gemv_bench /tmp/p.md profile          # one run() of 8192 x 28672, batch 1, for ncu
+//   /tmp/gemv_bench /tmp/f.md fused            # the fused q/k/v and gate/up table only
 
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -14,7 +17,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "random_packed.hpp"
@@ -122,6 +127,181 @@ sp::format::sage_matrix bench_sage(index_t rows, index_t cols) {
   return std::move(b).finish().value();
 }
 
+/// Device copies of each format, enough to rotate over >= `total` bytes (at least 2), with random payloads. Each copy
+/// is one allocation; `bytes` is what one copy streams.
+struct sage_copies {
+  std::vector<std::uint8_t*> buffers;
+  std::vector<sp::format::sage_view<sp::device_space>> views;
+  std::size_t bytes = 0;
+  sage_copies(const sp::format::sage_matrix& m, int copies, std::uint32_t seed) {
+    const auto serialized = sp::format::serialize(m);
+    const auto offsets = sp::format::serialized_offsets(m.shape);
+    bytes = serialized.size();
+    for (int i = 0; i < copies; ++i) {
+      std::uint8_t* p;
+      CUDA_OK(cudaMalloc(&p, bytes));
+      CUDA_OK(cudaMemcpy(p, serialized.data(), bytes, cudaMemcpyHostToDevice));
+      const auto sign_at = offsets.section[static_cast<int>(sp::format::sage_section::signs)];
+      const auto sign_words = sp::format::section_info(m.shape, sp::format::sage_section::signs).elements;
+      fill_random<<<1024, 256>>>(reinterpret_cast<std::uint32_t*>(p + sign_at), sign_words, seed + i);
+      buffers.push_back(p);
+      views.push_back(sp::format::view_serialized<sp::device_space>(m.shape, p));
+    }
+  }
+  ~sage_copies() { for (auto p : buffers) cudaFree(p); }
+};
+
+struct q1_0_copies {
+  std::vector<void*> buffers;
+  std::vector<sp::format::q1_0_view<sp::device_space>> views;
+  std::size_t bytes = 0;
+  q1_0_copies(index_t rows, index_t cols, int copies, std::uint32_t seed) {
+    const auto words = static_cast<std::size_t>(rows * sp::format::q1_0::words_per_row(cols)),
+               groups = static_cast<std::size_t>(rows * sp::format::q1_0::groups_per_row(cols));
+    bytes = 4 * words + 2 * groups;
+    for (int i = 0; i < copies; ++i) {
+      std::uint32_t* signs;
+      __half* scales;
+      CUDA_OK(cudaMalloc(&signs, 4 * words));
+      CUDA_OK(cudaMalloc(&scales, 2 * groups));
+      fill_random<<<1024, 256>>>(signs, words, seed + i);
+      fill_half<<<1024, 256>>>(scales, groups, seed + 1000 + i);
+      buffers.push_back(signs);
+      buffers.push_back(scales);
+      views.push_back({signs, reinterpret_cast<const sp::fp16*>(scales), rows, cols});
+    }
+  }
+  ~q1_0_copies() { for (auto p : buffers) cudaFree(p); }
+};
+
+/// rtn at 4 bits, one scale and one zero per 128 columns (GPTQ's usual layout: 4.19 full bpw); each copy is one
+/// allocation (codes, scales, zeros), so the floor streams exactly its bytes.
+struct rtn_copies {
+  std::vector<std::uint8_t*> buffers;
+  std::vector<sp::format::rtn_view<sp::device_space>> views;
+  std::size_t bytes = 0;
+  static constexpr sp::format::rtn_layout layout{4, 128, false};
+  rtn_copies(index_t rows, index_t cols, int copies, std::uint32_t seed) {
+    const auto words = static_cast<std::size_t>(rows * layout.words_per_row(cols)),
+               groups = static_cast<std::size_t>(rows * layout.groups_per_row(cols));
+    const std::size_t scales_at = 4 * words, zeros_at = (scales_at + 2 * groups + 3) / 4 * 4;
+    bytes = (zeros_at + groups + 15) / 16 * 16;
+    for (int i = 0; i < copies; ++i) {
+      std::uint8_t* p;
+      CUDA_OK(cudaMalloc(&p, bytes));
+      fill_random<<<1024, 256>>>(reinterpret_cast<std::uint32_t*>(p), bytes / 4, seed + i);
+      fill_half<<<1024, 256>>>(reinterpret_cast<__half*>(p + scales_at), groups, seed + 1000 + i);
+      buffers.push_back(p);
+      views.push_back({reinterpret_cast<const std::uint32_t*>(p), reinterpret_cast<const sp::fp16*>(p + scales_at),
+                       p + zeros_at, rows, cols, layout});
+    }
+  }
+  ~rtn_copies() { for (auto p : buffers) cudaFree(p); }
+};
+
+int copies_for(std::size_t bytes) {
+  return static_cast<int>(std::max<std::size_t>(2, (rotation_bytes + bytes - 1) / bytes));
+}
+
+/// Fused q/k/v (or gate/up) against separate calls, per format: the same matrices, the same rotation over >= 256 MB
+/// (sets of `rows.size()` matrices), batch 1 and 8; returns the markdown rows.
+std::string bench_fused(const std::string& label, const std::vector<index_t>& rows, index_t cols,
+                        const cudaDeviceProp& prop, cudaStream_t s) {
+  std::string out;
+  const auto count = rows.size();
+  __half* x;
+  CUDA_OK(cudaMalloc(&x, 8 * cols * 2));
+  fill_half<<<64, 256>>>(x, 8 * cols, 4243u);
+  std::vector<float*> y(count);
+  for (auto& p : y) CUDA_OK(cudaMalloc(&p, 8 * 28672 * 4));
+  void* ws;
+  CUDA_OK(cudaMalloc(&ws, 64u << 20));  // >> any workspace here (x' of 3 matrices at batch 8: < 3 MB)
+  // Each format: a set is `count` matrices; sets rotate.
+  auto run_format = [&](const std::string& format, auto op_tag, auto make_set, std::size_t set_bytes) {
+    using single = typename decltype(op_tag)::type;
+    using fused = g::fused_gemv<single>;
+    const int sets = copies_for(set_bytes);
+    auto weights = make_set(sets);  // weights[set][matrix]
+    CUDA_OK(cudaDeviceSynchronize());
+    for (index_t batch : {1, 8}) {
+      const int launches = std::max(64, sets);
+      const double separate = time_us(launches, [&](int i, cudaStream_t st) {
+        for (std::size_t k = 0; k < count; ++k) {
+          typename single::arguments a{weights.views(i % sets, k), x, cols, y[k], rows[k], batch};
+          if (auto ok = single::run(a, ws, st); !ok) std::printf("%s\n", ok.message().c_str());
+        }
+      }, s);
+      const double together = time_us(launches, [&](int i, cudaStream_t st) {
+        typename fused::arguments a;
+        for (std::size_t k = 0; k < count; ++k) {
+          a.weights[k] = weights.views(i % sets, k);
+          a.y[k] = y[k];
+          a.y_stride[k] = rows[k];
+        }
+        a.count = static_cast<int>(count);
+        a.x = x;
+        a.x_stride = cols;
+        a.batch = batch;
+        if (auto ok = fused::run(a, ws, st); !ok) std::printf("%s\n", ok.message().c_str());
+      }, s);
+      char line[512];
+      std::snprintf(line, sizeof line, "| %s | %s | %lld | %.2f | %.2f | %.2fx | %.1f | %.0f |\n", label.c_str(),
+                    format.c_str(), static_cast<long long>(batch), separate, together, separate / together,
+                    static_cast<double>(set_bytes) / 1e6, static_cast<double>(set_bytes) / together / 1e3);
+      std::printf("%s", line);
+      std::fflush(stdout);
+      out += line;
+    }
+  };
+  {
+    std::vector<sp::format::sage_matrix> ms;
+    std::size_t bytes = 0;
+    for (auto r : rows) {
+      ms.push_back(bench_sage(r, cols));
+      bytes += sp::format::serialize(ms.back()).size();
+    }
+    struct set {
+      std::vector<std::unique_ptr<sage_copies>> per_matrix;
+      sp::format::sage_view<sp::device_space> views(int i, std::size_t k) const { return per_matrix[k]->views[i]; }
+    };
+    run_format("sage", std::type_identity<g::sage_gemv<__half, float>>{}, [&](int sets) {
+      set st;
+      for (std::size_t k = 0; k < count; ++k) st.per_matrix.push_back(std::make_unique<sage_copies>(ms[k], sets, 300u + 50 * k));
+      return st;
+    }, bytes);
+  }
+  {
+    std::size_t bytes = 0;
+    for (auto r : rows) bytes += q1_0_copies(r, cols, 0, 0).bytes;
+    struct set {
+      std::vector<std::unique_ptr<q1_0_copies>> per_matrix;
+      sp::format::q1_0_view<sp::device_space> views(int i, std::size_t k) const { return per_matrix[k]->views[i]; }
+    };
+    run_format("q1_0", std::type_identity<g::q1_0_gemv<__half, float>>{}, [&](int sets) {
+      set st;
+      for (std::size_t k = 0; k < count; ++k) st.per_matrix.push_back(std::make_unique<q1_0_copies>(rows[k], cols, sets, 400u + 50 * k));
+      return st;
+    }, bytes);
+  }
+  {
+    std::size_t bytes = 0;
+    for (auto r : rows) bytes += rtn_copies(r, cols, 0, 0).bytes;
+    struct set {
+      std::vector<std::unique_ptr<rtn_copies>> per_matrix;
+      sp::format::rtn_view<sp::device_space> views(int i, std::size_t k) const { return per_matrix[k]->views[i]; }
+    };
+    run_format("rtn 4-bit g128", std::type_identity<g::rtn_gemv<__half, float>>{}, [&](int sets) {
+      set st;
+      for (std::size_t k = 0; k < count; ++k) st.per_matrix.push_back(std::make_unique<rtn_copies>(rows[k], cols, sets, 500u + 50 * k));
+      return st;
+    }, bytes);
+  }
+  for (auto p : y) cudaFree(p);
+  cudaFree(x);
+  cudaFree(ws);
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,48 +315,31 @@ int main(int argc, char** argv) {
   unsigned* sink;
   CUDA_OK(cudaMalloc(&sink, 4));
 
-  std::string out = std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) + " SMs, " +
-                     std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n" +
-                     "| rows x cols | batch | sage run() us | run() without PDL us | GEMV kernel only us | weight GB/s | "
-                     "% of floor | floor us | cuBLAS fp16 us | vs cuBLAS | q1_0 run() us | full bpw |\n"
-                     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+  const std::string card = std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) +
+                           " SMs, " + std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n";
+  std::string out = card +
+                    "| rows x cols | batch | sage run() us | run() without PDL us | GEMV kernel only us | weight GB/s | "
+                    "% of floor | floor us | cuBLAS fp16 us | vs cuBLAS | q1_0 run() us | full bpw | rtn4 g128 run() us | "
+                    "rtn4 GB/s | rtn4 % of its floor |\n"
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
   const std::string mode = argc > 2 ? argv[2] : "";
   const bool profile = mode == "profile";  // one run() of 8192 x 28672, batch 1, for ncu
   std::vector<std::pair<index_t, index_t>> shapes = {{4096, 4096},  {11008, 4096}, {4096, 11008}, {14336, 4096},
                                                             {4096, 14336}, {28672, 8192}, {8192, 28672}};
   if (profile) shapes = {{8192, 28672}};
   if (mode == "targets") shapes = {{4096, 14336}, {8192, 28672}};  // the two shapes issue 5 sets targets for
+  if (mode == "fused") shapes = {};
   for (auto [rows, cols] : shapes) {
     const auto m = bench_sage(rows, cols);
-    const auto bytes = sp::format::serialize(m);
-    const auto offsets = sp::format::serialized_offsets(m.shape);
-    const std::size_t n_bytes = bytes.size();
-    const int copies = static_cast<int>(std::max<std::size_t>(2, (rotation_bytes + n_bytes - 1) / n_bytes));
-    std::vector<std::uint8_t*> sage(copies);
-    std::vector<g::sage_gemv<__half, float>::arguments> args(copies);
-    for (int i = 0; i < copies; ++i) {
-      CUDA_OK(cudaMalloc(&sage[i], n_bytes));
-      CUDA_OK(cudaMemcpy(sage[i], bytes.data(), n_bytes, cudaMemcpyHostToDevice));
-      const auto sign_at = offsets.section[static_cast<int>(sp::format::sage_section::signs)];
-      const auto sign_words = sp::format::section_info(m.shape, sp::format::sage_section::signs).elements;
-      fill_random<<<1024, 256>>>(reinterpret_cast<std::uint32_t*>(sage[i] + sign_at), sign_words, 77u + i);
-      args[i].weights = sp::format::view_serialized<sp::device_space>(m.shape, sage[i]);
-    }
-    // q1_0 of the same shape, rotated the same way.
-    const index_t qwords = sp::format::q1_0::words_per_row(cols), qgroups = sp::format::q1_0::groups_per_row(cols);
-    const std::size_t q_bytes = static_cast<std::size_t>(rows * qwords * 4 + rows * qgroups * 2);
-    const int qcopies = static_cast<int>(std::max<std::size_t>(2, (rotation_bytes + q_bytes - 1) / q_bytes));
-    std::vector<std::uint32_t*> qsigns(qcopies);
-    std::vector<__half*> qscales(qcopies);
-    for (int i = 0; i < qcopies; ++i) {
-      CUDA_OK(cudaMalloc(&qsigns[i], static_cast<std::size_t>(rows * qwords) * 4));
-      CUDA_OK(cudaMalloc(&qscales[i], static_cast<std::size_t>(rows * qgroups) * 2));
-      fill_random<<<1024, 256>>>(qsigns[i], static_cast<std::size_t>(rows * qwords), 99u + i);
-      fill_half<<<1024, 256>>>(qscales[i], static_cast<std::size_t>(rows * qgroups), 5u + i);
-    }
+    const std::size_t n_bytes = sp::format::serialize(m).size();
+    const int copies = copies_for(n_bytes);
+    sage_copies sage(m, copies, 77u);
+    q1_0_copies q(rows, cols, copies_for(q1_0_copies(rows, cols, 0, 0).bytes), 99u);
+    rtn_copies rtn(rows, cols, copies_for(rtn_copies(rows, cols, 0, 0).bytes), 199u);
+    const int qcopies = static_cast<int>(q.views.size()), rcopies = static_cast<int>(rtn.views.size());
     // fp16 dense copies for cuBLAS.
     const std::size_t w16 = static_cast<std::size_t>(rows * cols);
-    const int dcopies = static_cast<int>(std::max<std::size_t>(2, (rotation_bytes + 2 * w16 - 1) / (2 * w16)));
+    const int dcopies = copies_for(2 * w16);
     std::vector<__half*> dense(dcopies);
     for (int i = 0; i < dcopies; ++i) {
       CUDA_OK(cudaMalloc(&dense[i], 2 * w16));
@@ -190,22 +353,24 @@ int main(int argc, char** argv) {
     fill_half<<<64, 256>>>(x, 8 * cols, 4242u);
     using sage_op = g::sage_gemv<__half, float>;
     using q_op = g::q1_0_gemv<__half, float>;
-    for (auto& a : args) a = {a.weights, x, cols, y, rows, 8};
+    using rtn_op = g::rtn_gemv<__half, float>;
     void* ws;
-    CUDA_OK(cudaMalloc(&ws, sage_op::workspace_size(args[0]) + q_op::workspace_size(q_op::arguments{{nullptr, nullptr, rows, cols}, x, cols, y, rows, 8})));
+    CUDA_OK(cudaMalloc(&ws, sage_op::workspace_size({sage.views[0], x, cols, y, rows, 8}) +
+                                q_op::workspace_size({q.views[0], x, cols, y, rows, 8})));
     CUDA_OK(cudaDeviceSynchronize());
 
     const int launches = std::max(64, copies);
-    const double floor_us = time_us(std::max(64, copies), [&](int i, cudaStream_t st) {
-      stream_read<<<prop.multiProcessorCount * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(sage[i % copies]), n_bytes / 16, sink);
+    const double floor_us = time_us(launches, [&](int i, cudaStream_t st) {
+      stream_read<<<prop.multiProcessorCount * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(sage.buffers[i % copies]),
+                                                               n_bytes / 16, sink);
+    }, s);
+    const double rtn_floor_us = time_us(std::max(64, rcopies), [&](int i, cudaStream_t st) {
+      stream_read<<<prop.multiProcessorCount * 4, 512, 0, st>>>(
+          reinterpret_cast<const uint4*>(rtn.buffers[i % rcopies]), rtn.bytes / 16, sink);
     }, s);
     const double bpw = 8.0 * static_cast<double>(n_bytes) / static_cast<double>(rows * cols);
     for (index_t batch : {1, 2, 4, 8}) {
-      auto sage_args = [&](int i) {
-        auto a = args[i % copies];
-        a.batch = batch;
-        return a;
-      };
+      auto sage_args = [&](int i) { return sage_op::arguments{sage.views[i % copies], x, cols, y, rows, batch}; };
       if (profile) {
         for (int i = 0; i < 3; ++i) (void)sage_op::run(sage_args(i), ws, s);
         CUDA_OK(cudaDeviceSynchronize());
@@ -215,16 +380,18 @@ int main(int argc, char** argv) {
         if (auto ok = sage_op::run(sage_args(i), ws, st); !ok) std::printf("%s\n", ok.message().c_str());
       }, s);
       using impl = g::detail::binary_gemv<g::detail::sage_rows, __half, float, g::sm90_policy>;
+      auto problem = [&](int i) { return impl::problem_type{g::detail::sage_rows{sage.views[i % copies]}, y, rows}; };
       const double serial_us = time_us(launches, [&](int i, cudaStream_t st) {
-        (void)impl::run(g::detail::sage_rows{args[i % copies].weights}, x, cols, y, rows, batch, ws, st, false);
+        const auto p = problem(i);
+        (void)impl::run<1>(&p, 1, x, cols, batch, ws, st, false);
       }, s);
       // The GEMV kernel alone, x folded once beforehand (what fusing the fold into the previous kernel would give).
       CUDA_OK(cudaDeviceSynchronize());
       (void)sage_op::run(sage_args(0), ws, s);
       CUDA_OK(cudaStreamSynchronize(s));
       const double kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
-        (void)impl::launch_gemv(g::detail::sage_rows{args[i % copies].weights}, ws, y, rows, static_cast<int>(batch),
-                                prop.multiProcessorCount, st);
+        const auto p = problem(i);
+        (void)impl::launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
       }, s);
       const float one = 1.0f, zero = 0.0f;
       const double blas_us = time_us(std::max(64, dcopies), [&](int i, cudaStream_t) {
@@ -233,23 +400,35 @@ int main(int argc, char** argv) {
                      &zero, y16, CUDA_R_16F, static_cast<int>(rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
       }, s);
       const double q_us = time_us(std::max(64, qcopies), [&](int i, cudaStream_t st) {
-        q_op::arguments a{{qsigns[i % qcopies], reinterpret_cast<const sp::fp16*>(qscales[i % qcopies]), rows, cols}, x, cols, y, rows, batch};
-        if (auto ok = q_op::run(a, ws, st); !ok) std::printf("%s\n", ok.message().c_str());
+        if (auto ok = q_op::run({q.views[i % qcopies], x, cols, y, rows, batch}, ws, st); !ok)
+          std::printf("%s\n", ok.message().c_str());
       }, s);
-      char line[512];
-      std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %.2f | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2f | %.1fx | %.2f | %.3f |\n",
+      const double rtn_us = time_us(std::max(64, rcopies), [&](int i, cudaStream_t st) {
+        if (auto ok = rtn_op::run({rtn.views[i % rcopies], x, cols, y, rows, batch}, nullptr, st); !ok)
+          std::printf("%s\n", ok.message().c_str());
+      }, s);
+      char line[640];
+      std::snprintf(line, sizeof line,
+                    "| %lld x %lld | %lld | %.2f | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2f | %.1fx | %.2f | %.3f | "
+                    "%.2f | %.0f | %.0f%% |\n",
                     static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(batch), run_us,
-                    serial_us, kernel_us, static_cast<double>(n_bytes) / run_us / 1e3, 100.0 * floor_us / run_us, floor_us, blas_us,
-                    blas_us / run_us, q_us, bpw);
+                    serial_us, kernel_us, static_cast<double>(n_bytes) / run_us / 1e3, 100.0 * floor_us / run_us,
+                    floor_us, blas_us, blas_us / run_us, q_us, bpw, rtn_us,
+                    static_cast<double>(rtn.bytes) / rtn_us / 1e3, 100.0 * rtn_floor_us / rtn_us);
       std::printf("%s", line);
       std::fflush(stdout);
       out += line;
     }
-    for (auto p : sage) cudaFree(p);
-    for (auto p : qsigns) cudaFree(p);
-    for (auto p : qscales) cudaFree(p);
     for (auto p : dense) cudaFree(p);
     cudaFree(x); cudaFree(y); cudaFree(y16); cudaFree(ws);
+  }
+  if (mode.empty() || mode == "fused") {
+    out += "\n" + card +
+           "| matrices (rows x cols) | format | batch | 3 separate run() us | fused run() us | speed-up | weight MB | "
+           "fused weight GB/s |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    out += bench_fused("q/k/v 3 x 4096 x 4096", {4096, 4096, 4096}, 4096, prop, s);
+    out += bench_fused("q/k/v GQA 4096 + 1024 + 1024 x 4096", {4096, 1024, 1024}, 4096, prop, s);
+    out += bench_fused("gate/up 2 x 14336 x 4096", {14336, 14336}, 4096, prop, s);
   }
   std::printf("\n%s", out.c_str());
   if (argc > 1)

@@ -1,9 +1,10 @@
 // CUDA GEMV kernels (cuda/gemv/gemv.cuh) against a float64 reference of the decoded matrix, on fresh random inputs:
-// sage default format and q1_0; activations fp16 / bf16 / f32, outputs f32 / fp16 / bf16; batch 1..8; ragged shapes
+// sage default format, q1_0 and rtn (1..8 bits, group or per-row scales, symmetric or with zeros), alone and fused
+// (2 and 3 matrices of different rows sharing x); activations fp16 / bf16 / f32, outputs f32 / fp16 / bf16; batch 1..8; ragged shapes
 // (172 columns; rows not a multiple of any row tile; every row-tile count); both sign decodes (bit_decode for fp16
 // at batch <= 2, forced on small shapes by a test policy; sign_decode otherwise); salient tails of 3, 4 and 8 bits;
-// outputs poisoned (NaN) before each run; one flipped sign bit, scale or salient code must fail the tolerance; bad
-// arguments return their statuses.
+// outputs poisoned (NaN) before each run, and x's row padding NaN; one flipped sign bit, scale, salient code or rtn
+// code bit / scale / zero must fail the tolerance; bad arguments return their statuses.
 //
 // Built and run on the GPU machine (one command, from the repository root):
 //   nvcc -std=c++20 -O2 -arch=sm_90 -Iinclude -Itests/cpu tests/cuda/gemv_test.cu -o /tmp/gemv_test && /tmp/gemv_test
@@ -15,8 +16,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "random_packed.hpp"
@@ -57,8 +60,10 @@ struct device_buffer {
     CUDA_OK(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
   }
   ~device_buffer() { cudaFree(ptr); }
+  device_buffer(device_buffer&& other) noexcept : ptr(std::exchange(other.ptr, nullptr)), n(other.n) {}
   device_buffer(const device_buffer&) = delete;
   device_buffer& operator=(const device_buffer&) = delete;
+  device_buffer& operator=(device_buffer&&) = delete;
   std::vector<T> to_host() const {
     std::vector<T> h(n);
     CUDA_OK(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
@@ -90,45 +95,116 @@ template <class T> double unit_roundoff() {
   return std::is_same_v<T, float> ? 0x1p-24 : std::is_same_v<T, __half> ? 0x1p-11 : 0x1p-8;
 }
 
-/// One GEMV on the device; returns the largest |y - ref| / tolerance (> 1 fails, inf for NaN / unwritten).
-template <class Op, class Act, class Out, class View>
-double run_and_compare(const View& host_view, typename Op::arguments args, index_t rows, index_t cols, index_t batch,
-                       std::uint64_t seed, double* seconds = nullptr) {
-  auto x = t::random_x(batch, cols, seed);
-  for (auto& v : x) v = round_to<Act>(v);  // the reference sees exactly the activations the device sees
-  std::vector<Act> xd(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) xd[i] = to_device<Act>(x[i]);
-  device_buffer<Act> dx(xd);
-  device_buffer<Out> dy(static_cast<std::size_t>(batch * rows));
-  CUDA_OK(cudaMemset(dy.ptr, 0xff, dy.n * sizeof(Out)));  // NaN in every output type
-  args.x = dx.ptr;
-  args.x_stride = cols;
-  args.y = dy.ptr;
-  args.y_stride = rows;
-  args.batch = batch;
+/// The activation rounding of the binary formats (x' is rounded once to the 16-bit operand type); rtn uses x as given.
+template <class Act> double binary_roundoff() { return std::is_same_v<Act, __nv_bfloat16> ? 0x1p-8 : 0x1p-11; }
+
+/// Activations on the device: rows x_stride = cols rounded up to 8 elements apart (16 bytes for 16-bit types), the
+/// padding NaN so that a kernel reading past cols fails; `host` holds exactly the values the device sees.
+template <class Act>
+struct device_x {
+  std::vector<float> host;
+  index_t stride;
+  device_buffer<Act> buffer;
+  device_x(index_t batch, index_t cols, std::uint64_t seed)
+      : host(t::random_x(batch, cols, seed)), stride((cols + 7) / 8 * 8),
+        buffer(static_cast<std::size_t>(batch * stride)) {
+    std::vector<Act> padded(buffer.n, to_device<Act>(NAN));
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t c = 0; c < cols; ++c) {
+        auto& v = host[static_cast<std::size_t>(b * cols + c)];
+        v = round_to<Act>(v);
+        padded[static_cast<std::size_t>(b * stride + c)] = to_device<Act>(v);
+      }
+    CUDA_OK(cudaMemcpy(buffer.ptr, padded.data(), padded.size() * sizeof(Act), cudaMemcpyHostToDevice));
+  }
+};
+
+/// Outputs batch x rows with row stride rows + pad, NaN in every output type before the run.
+template <class Out>
+device_buffer<Out> poisoned_y(index_t batch, index_t y_stride) {
+  device_buffer<Out> y(static_cast<std::size_t>(batch * y_stride));
+  CUDA_OK(cudaMemset(y.ptr, 0xff, y.n * sizeof(Out)));
+  return y;
+}
+
+/// Largest |y - ref| / tolerance over a matrix's outputs (> 1 fails, inf for NaN / unwritten), with the tolerance of
+/// gemv.cuh: (u_in + 2 (K + 8) 2^-24) sum_j |w_j x_j| + u_out |y|.
+template <class Out, class View>
+double compare(const View& host_view, index_t rows, index_t cols, const std::vector<float>& x, index_t batch,
+               const device_buffer<Out>& y, index_t y_stride, double u_in) {
+  const auto yd = y.to_host();
+  const auto ref = t::dense_reference(host_view, rows, cols, x, batch);
+  double worst = 0;
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t r = 0; r < rows; ++r) {
+      const auto i = static_cast<std::size_t>(b * rows + r);
+      const double v = to_host(yd[static_cast<std::size_t>(b * y_stride + r)]);
+      const double tol = (u_in + 2.0 * static_cast<double>(cols + 8) * 0x1p-24) * ref.bound[i] +
+                         unit_roundoff<Out>() * std::fabs(ref.y[i]) + 1e-30;
+      const double err = std::fabs(v - ref.y[i]);
+      if (!(err == err)) return INFINITY;
+      worst = std::max(worst, err / tol);
+    }
+  return worst;
+}
+
+template <class Op>
+bool launch(const typename Op::arguments& args) {
   if (auto ok = Op::can_implement(args); !ok) {
     expect(false, "can_implement: " + ok.message());
-    return INFINITY;
+    return false;
   }
   device_buffer<char> ws(Op::workspace_size(args));
   if (auto done = Op::run(args, ws.ptr, nullptr); !done) {
     expect(false, "run: " + done.message());
-    return INFINITY;
+    return false;
   }
   CUDA_OK(cudaDeviceSynchronize());
-  (void)seconds;
-  const auto yd = dy.to_host();
-  const auto ref = t::dense_reference(host_view, rows, cols, x, batch);
-  const double u16 = std::is_same_v<Act, __nv_bfloat16> ? 0x1p-8 : 0x1p-11;
-  double worst = 0;
-  for (std::size_t i = 0; i < yd.size(); ++i) {
-    const double y = to_host(yd[i]);
-    const double tol = (u16 + 2.0 * static_cast<double>(cols + 8) * 0x1p-24) * ref.bound[i] +
-                       unit_roundoff<Out>() * std::fabs(ref.y[i]) + 1e-30;
-    const double err = std::fabs(y - ref.y[i]);
-    if (!(err == err)) return INFINITY;
-    worst = std::max(worst, err / tol);
+  return true;
+}
+
+/// One GEMV on the device; returns the largest |y - ref| / tolerance (> 1 fails, inf for NaN / unwritten).
+template <class Op, class Act, class Out, class View>
+double run_and_compare(const View& host_view, typename Op::arguments args, index_t rows, index_t cols, index_t batch,
+                       std::uint64_t seed, double u_in) {
+  device_x<Act> x(batch, cols, seed);
+  const index_t y_stride = rows + 3;
+  auto y = poisoned_y<Out>(batch, y_stride);
+  args.x = x.buffer.ptr;
+  args.x_stride = x.stride;
+  args.y = y.ptr;
+  args.y_stride = y_stride;
+  args.batch = batch;
+  if (!launch<Op>(args)) return INFINITY;
+  return compare(host_view, rows, cols, x.host, batch, y, y_stride, u_in);
+}
+
+index_t rows_of(const sp::format::sage_view<sp::host_space>& v) { return v.shape.rows; }
+template <class View> index_t rows_of(const View& v) { return v.rows; }
+
+/// A fused call over host_views.size() matrices (weights already in args); the largest error/tolerance of any.
+template <class Fused, class View>
+double run_fused(const std::vector<View>& host_views, typename Fused::arguments args, index_t cols, index_t batch,
+                 std::uint64_t seed, double u_in) {
+  using Act = typename Fused::activation_type;
+  using Out = typename Fused::output_type;
+  device_x<Act> x(batch, cols, seed);
+  std::vector<device_buffer<Out>> ys;
+  ys.reserve(host_views.size());
+  args.count = static_cast<int>(host_views.size());
+  for (std::size_t i = 0; i < host_views.size(); ++i) {
+    args.y_stride[i] = rows_of(host_views[i]) + 1;
+    ys.push_back(poisoned_y<Out>(batch, args.y_stride[i]));
+    args.y[i] = ys.back().ptr;
   }
+  args.x = x.buffer.ptr;
+  args.x_stride = x.stride;
+  args.batch = batch;
+  if (!launch<Fused>(args)) return INFINITY;
+  double worst = 0;
+  for (std::size_t i = 0; i < host_views.size(); ++i)
+    worst = std::max(worst, compare(host_views[i], rows_of(host_views[i]), cols, x.host, batch, ys[i], args.y_stride[i],
+                                    u_in));
   return worst;
 }
 
@@ -155,7 +231,8 @@ void check_sage(const t::sage_case& cs, bool quick) {
   using op = g::sage_gemv<Act, Out, Policy>;
   for (index_t batch = 1; batch <= 8; batch += quick ? 7 : 1) {
     const double worst = run_and_compare<op, Act, Out>(m.view(), typename op::arguments{d.view}, cs.rows, cs.cols,
-                                                       batch, cs.seed * 10 + static_cast<std::uint64_t>(batch));
+                                                       batch, cs.seed * 10 + static_cast<std::uint64_t>(batch),
+                                                       binary_roundoff<Act>());
     expect(worst <= 1.0, std::string("sage ") + (std::is_same_v<Policy, bit_decode_policy> ? "(bit_decode) " : "") +
                              name<Act>() + "->" + name<Out>() + " " + std::to_string(cs.rows) + "x" +
                              std::to_string(cs.cols) + " batch " + std::to_string(batch) + ": error/tolerance " +
@@ -171,7 +248,8 @@ void check_q1_0(index_t rows, index_t cols, bool quick) {
   using op = g::q1_0_gemv<Act, Out>;
   typename op::arguments args{sp::format::q1_0_view<sp::device_space>{signs.ptr, scales.ptr, rows, cols}};
   for (index_t batch = 1; batch <= 8; batch += quick ? 7 : 1) {
-    const double worst = run_and_compare<op, Act, Out>(m.view(), args, rows, cols, batch, 500 + static_cast<std::uint64_t>(batch));
+    const double worst = run_and_compare<op, Act, Out>(m.view(), args, rows, cols, batch,
+                                                       500 + static_cast<std::uint64_t>(batch), binary_roundoff<Act>());
     expect(worst <= 1.0, std::string("q1_0 ") + name<Act>() + "->" + name<Out>() + " " + std::to_string(rows) + "x" +
                              std::to_string(cols) + " batch " + std::to_string(batch) + ": error/tolerance " +
                              std::to_string(worst));
@@ -193,7 +271,8 @@ void check_detection(index_t batch) {
     if (magnitude(j) > magnitude(stored)) stored = j;
   auto run_changed = [&](const sp::format::sage_matrix& changed) {
     device_sage d(changed);  // device holds the changed matrix; the reference comes from the original
-    return run_and_compare<op, __half, float>(m.view(), typename op::arguments{d.view}, cs.rows, cs.cols, batch, seed);
+    return run_and_compare<op, __half, float>(m.view(), typename op::arguments{d.view}, cs.rows, cs.cols, batch, seed,
+                                              binary_roundoff<__half>());
   };
   const std::string at = " (batch " + std::to_string(batch) + ")";
   expect(run_changed(m) <= 1.0, "unchanged matrix passes" + at);
@@ -214,6 +293,139 @@ void check_detection(index_t batch) {
   expect(run_changed(salient_scale) > 1.0, "one changed salient scale fails the tolerance" + at);
 }
 
+struct device_q1_0 {
+  device_buffer<std::uint32_t> signs;
+  device_buffer<sp::fp16> scales;
+  sp::format::q1_0_view<sp::device_space> view;
+  explicit device_q1_0(const sp::format::q1_0_matrix& m)
+      : signs(m.signs), scales(m.scales), view{signs.ptr, scales.ptr, m.rows, m.cols} {}
+};
+
+struct device_rtn {
+  device_buffer<std::uint32_t> codes;
+  device_buffer<sp::fp16> scales;
+  device_buffer<std::uint8_t> zeros;
+  sp::format::rtn_view<sp::device_space> view;
+  explicit device_rtn(const sp::format::rtn_matrix& m)
+      : codes(m.codes), scales(m.scales), zeros(m.zeros),
+        view{codes.ptr, scales.ptr, m.layout.symmetric ? nullptr : zeros.ptr, m.rows, m.cols, m.layout} {}
+};
+
+std::string layout_name(const sp::format::rtn_layout& l) {
+  return std::to_string(l.bits) + "-bit g" + std::to_string(l.group_size) + (l.symmetric ? " sym" : " asym");
+}
+
+template <class Act, class Out>
+void check_rtn(index_t rows, index_t cols, sp::format::rtn_layout layout, bool quick) {
+  const auto m = t::random_rtn(rows, cols, layout, static_cast<std::uint64_t>(rows * 13 + cols + layout.bits));
+  device_rtn d(m);
+  using op = g::rtn_gemv<Act, Out>;
+  for (index_t batch = 1; batch <= 8; batch += quick ? 7 : 1) {
+    const double worst = run_and_compare<op, Act, Out>(m.view(), typename op::arguments{d.view}, rows, cols, batch,
+                                                       900 + static_cast<std::uint64_t>(batch), 0.0);
+    expect(worst <= 1.0, "rtn " + layout_name(layout) + " " + name<Act>() + "->" + name<Out>() + " " +
+                             std::to_string(rows) + "x" + std::to_string(cols) + " batch " + std::to_string(batch) +
+                             ": error/tolerance " + std::to_string(worst));
+  }
+}
+
+/// rtn's tolerance (no activation rounding) catches one flipped code bit (the lowest, at 4 and 8 bits), one changed
+/// scale and one changed zero.
+void check_rtn_detection(index_t batch) {
+  for (int bits : {4, 8}) {
+    const index_t rows = 37, cols = 172;
+    const sp::format::rtn_layout layout{bits, 64, false};
+    const auto m = t::random_rtn(rows, cols, layout, 77);
+    using op = g::rtn_gemv<__half, float>;
+    const std::uint64_t seed = 78;
+    const auto x = t::random_x(batch, cols, seed);
+    index_t col = 0;  // the weight with the largest |x| in batch column 0
+    for (index_t c = 0; c < cols; ++c)
+      if (std::fabs(x[static_cast<std::size_t>(c)]) > std::fabs(x[static_cast<std::size_t>(col)])) col = c;
+    auto run_changed = [&](const sp::format::rtn_matrix& changed) {
+      device_rtn d(changed);
+      return run_and_compare<op, __half, float>(m.view(), typename op::arguments{d.view}, rows, cols, batch, seed, 0.0);
+    };
+    const std::string at = " (rtn " + std::to_string(bits) + "-bit, batch " + std::to_string(batch) + ")";
+    expect(run_changed(m) <= 1.0, "unchanged matrix passes" + at);
+    const index_t row = 5, words = layout.words_per_row(cols), groups = layout.groups_per_row(cols);
+    auto flipped = m;
+    const index_t bit = col * bits;
+    flipped.codes[static_cast<std::size_t>(row * words + bit / 32)] ^= 1u << (bit % 32);
+    expect(run_changed(flipped) > 1.0, "one flipped code bit fails the tolerance" + at);
+    auto scale = m;
+    auto& s = scale.scales[static_cast<std::size_t>(row * groups + col / 64)];
+    s = sp::fp16(s.to_float() * 1.0625f);
+    expect(run_changed(scale) > 1.0, "one changed scale fails the tolerance" + at);
+    auto zero = m;
+    auto& z = zero.zeros[static_cast<std::size_t>(row * groups + col / 64)];
+    z = static_cast<std::uint8_t>(z == 0 ? 1 : z - 1);
+    expect(run_changed(zero) > 1.0, "one changed zero fails the tolerance" + at);
+  }
+}
+
+/// Fused calls (2 and 3 matrices of different rows sharing x) of every format, each output against its own reference.
+template <class Act, class Out>
+void check_fused(bool quick) {
+  const std::string types = std::string(name<Act>()) + "->" + name<Out>();
+  auto report = [&](const std::string& what, std::size_t count, index_t batch, double worst) {
+    expect(worst <= 1.0, "fused " + what + " x" + std::to_string(count) + " " + types + " batch " +
+                             std::to_string(batch) + ": error/tolerance " + std::to_string(worst));
+  };
+  for (std::size_t count : {std::size_t{2}, std::size_t{3}})
+    for (index_t batch = 1; batch <= 8; batch += quick ? 7 : 1) {
+      const auto seed = 1000 + static_cast<std::uint64_t>(batch);
+      {  // sage: x' differs per matrix (own beta, permutation and salient columns)
+        for (index_t cols : {index_t{172}, index_t{8300}}) {
+          const std::vector<t::sage_case> cases = {{37, cols, 3, 3, 4, false, 11}, {130, cols, 0, 2, 4, false, 12},
+                                                   {64, cols, 5, 4, 8, true, 13}};
+          std::vector<sp::format::sage_matrix> ms;
+          std::vector<std::unique_ptr<device_sage>> ds;
+          std::vector<sp::format::sage_view<sp::host_space>> views;
+          using op = g::fused_gemv<g::sage_gemv<Act, Out>>;
+          typename op::arguments args;
+          for (std::size_t i = 0; i < count; ++i) {
+            ms.push_back(t::random_sage(cases[i]));
+            ds.push_back(std::make_unique<device_sage>(ms.back()));
+            args.weights[i] = ds.back()->view;
+          }
+          for (const auto& m : ms) views.push_back(m.view());
+          report("sage " + std::to_string(cols) + " cols", count, batch,
+                 run_fused<op>(views, args, cols, batch, seed, binary_roundoff<Act>()));
+        }
+      }
+      {  // q1_0: one fold for all
+        std::vector<sp::format::q1_0_matrix> ms;
+        std::vector<std::unique_ptr<device_q1_0>> ds;
+        std::vector<sp::format::q1_0_view<sp::host_space>> views;
+        using op = g::fused_gemv<g::q1_0_gemv<Act, Out>>;
+        typename op::arguments args;
+        for (std::size_t i = 0; i < count; ++i) {
+          ms.push_back(t::random_q1_0(static_cast<index_t>(40 + 50 * i), 384, 20 + i));
+          ds.push_back(std::make_unique<device_q1_0>(ms.back()));
+          args.weights[i] = ds.back()->view;
+        }
+        for (const auto& m : ms) views.push_back(m.view());
+        report("q1_0", count, batch, run_fused<op>(views, args, 384, batch, seed, binary_roundoff<Act>()));
+      }
+      {  // rtn: one code width, groups may differ
+        const sp::format::rtn_layout layouts[3] = {{4, 64, false}, {4, 1000, true}, {4, 32, false}};
+        std::vector<sp::format::rtn_matrix> ms;
+        std::vector<std::unique_ptr<device_rtn>> ds;
+        std::vector<sp::format::rtn_view<sp::host_space>> views;
+        using op = g::fused_gemv<g::rtn_gemv<Act, Out>>;
+        typename op::arguments args;
+        for (std::size_t i = 0; i < count; ++i) {
+          ms.push_back(t::random_rtn(static_cast<index_t>(37 + 40 * i), 172, layouts[i], 30 + i));
+          ds.push_back(std::make_unique<device_rtn>(ms.back()));
+          args.weights[i] = ds.back()->view;
+        }
+        for (const auto& m : ms) views.push_back(m.view());
+        report("rtn", count, batch, run_fused<op>(views, args, 172, batch, seed, 0.0));
+      }
+    }
+}
+
 void check_bad_arguments() {
   const auto m = t::random_sage(t::sage_case{});
   device_sage d(m);
@@ -231,6 +443,32 @@ void check_bad_arguments() {
   table.weights.shape.scale_mode = sp::format::sage_scale_mode::table;
   expect(op::can_implement(table).code() == sp::status::unsupported, "table scales are unsupported");
   expect(op::run(a, nullptr, nullptr).code() == sp::status::invalid_argument, "missing workspace is invalid_argument");
+
+  using fused = g::fused_gemv<op>;
+  fused::arguments f{{d.view, d.view}, {y.ptr, y.ptr}, {37, 37}, 0, x.ptr, 172, 1};
+  expect(fused::can_implement(f).code() == sp::status::invalid_argument, "fused count 0 is invalid_argument");
+  f.count = 2;
+  expect(fused::can_implement(f).ok(), "fused count 2 is fine");
+  const auto wide = t::random_sage(t::sage_case{37, 300, 3, 3, 4, false, 5});
+  device_sage dw(wide);
+  f.weights[1] = dw.view;
+  expect(fused::can_implement(f).code() == sp::status::invalid_shape, "fused matrices of different cols are invalid_shape");
+
+  const auto r = t::random_rtn(37, 172, sp::format::rtn_layout{4, 64, false}, 3);
+  device_rtn dr(r);
+  using rop = g::rtn_gemv<__half, float>;
+  rop::arguments ra{dr.view, x.ptr, 176, y.ptr, 37, 1};
+  expect(rop::can_implement(ra).ok(), "rtn with a 16-byte x stride is fine");
+  ra.x_stride = 172;
+  expect(rop::can_implement(ra).code() == sp::status::invalid_layout, "rtn x stride of 344 bytes is invalid_layout");
+  ra.x_stride = 176;
+  ra.weights.layout.group_size = 100;
+  expect(rop::can_implement(ra).code() == sp::status::unsupported, "rtn groups of 100 columns are unsupported");
+  const auto r3 = t::random_rtn(37, 172, sp::format::rtn_layout{3, 64, false}, 4);
+  device_rtn dr3(r3);
+  using rfused = g::fused_gemv<rop>;
+  rfused::arguments rf{{dr.view, dr3.view}, {y.ptr, y.ptr}, {37, 37}, 2, x.ptr, 176, 1};
+  expect(rfused::can_implement(rf).code() == sp::status::unsupported, "fused rtn of 4 and 3 bits is unsupported");
 }
 
 }  // namespace
@@ -259,6 +497,22 @@ int main(int argc, char** argv) {
     check_q1_0<__half, float>(rows, cols, quick);
     check_q1_0<__nv_bfloat16, __nv_bfloat16>(rows, cols, quick);
   }
+  for (auto [rows, cols] : {std::pair<index_t, index_t>{37, 172}, {130, 700}})
+    for (sp::format::rtn_layout layout : {sp::format::rtn_layout{4, 64, false}, sp::format::rtn_layout{3, 1000, true}}) {
+      check_rtn<__half, float>(rows, cols, layout, quick);
+      check_rtn<__nv_bfloat16, __nv_bfloat16>(rows, cols, layout, quick);
+    }
+  for (sp::format::rtn_layout layout : {sp::format::rtn_layout{1, 32, false}, sp::format::rtn_layout{2, 128, true},
+                                        sp::format::rtn_layout{5, 96, false}, sp::format::rtn_layout{6, 64, true},
+                                        sp::format::rtn_layout{7, 256, false}, sp::format::rtn_layout{8, 32, false}})
+    check_rtn<__half, float>(37, 172, layout, quick);
+  check_rtn<float, float>(37, 172, sp::format::rtn_layout{4, 64, false}, quick);
+  check_rtn<__half, __half>(130, 700, sp::format::rtn_layout{8, 128, true}, quick);
+  if (!quick) check_rtn<__half, float>(4000, 4096, sp::format::rtn_layout{4, 128, false}, quick);
+  check_fused<__half, float>(quick);
+  check_fused<__nv_bfloat16, __nv_bfloat16>(quick);
+  check_rtn_detection(1);
+  check_rtn_detection(8);
   check_detection<bit_decode_policy>(1);
   check_detection<g::sm90_policy>(1);
   check_detection<g::sm90_policy>(8);

@@ -29,62 +29,17 @@
 #include "../../format/q1_0.hpp"
 #include "../../format/sage.hpp"
 #include "../config.cuh"
+#include "common.cuh"
 
 SAGEPTQ_NAMESPACE_BEGIN
 namespace cuda::gemv::detail {
-
-inline constexpr int max_batch = 8;
-
-/// The 16-bit type x' is folded into (the mma operand type) for each activation type: fp16 for fp16 and f32
-/// activations, bf16 for bf16 (its range).
-template <class Act>
-struct operand {
-  using type = __half;
-  static constexpr std::uint16_t one = 0x3c00;
-};
-template <>
-struct operand<__nv_bfloat16> {
-  using type = __nv_bfloat16;
-  static constexpr std::uint16_t one = 0x3f80;
-};
-
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(float v) { return v; }
-/// A stored fp16 scale through the hardware conversion (fp16::to_float is the portable integer version).
-__device__ __forceinline__ float to_float(fp16 v) { return __half2float(__ushort_as_half(v.bits)); }
-
-template <class T>
-__device__ __forceinline__ std::uint16_t operand_bits(float v) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __half_as_ushort(__float2half_rn(v));
-  else
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-
-template <class T>
-__device__ __forceinline__ T bits_as(std::uint16_t bits) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __ushort_as_half(bits);
-  else
-    return __ushort_as_bfloat16(bits);
-}
-
-template <class Out>
-__device__ __forceinline__ Out from_float(float v) {
-  if constexpr (std::is_same_v<Out, __half>)
-    return __float2half_rn(v);
-  else if constexpr (std::is_same_v<Out, __nv_bfloat16>)
-    return __float2bfloat16_rn(v);
-  else
-    return v;
-}
 
 /// The sage default format as the kernels see it: 1 plane, factorized scales, column groups.
 struct sage_rows {
   format::sage_view<device_space> w;
   static constexpr bool has_tail = true;
   static constexpr bool unit_vector_scale = true;  ///< A = +-1: alpha is applied to the row's sum
+  static constexpr bool shared_fold = false;       ///< x' = beta x in stored order depends on the matrix
   __host__ __device__ index_t rows() const { return w.shape.rows; }
   __host__ __device__ index_t row_words() const { return w.shape.sign_row_words(); }
   __host__ __device__ index_t tail_cols() const { return w.shape.salient_cols; }
@@ -113,6 +68,7 @@ struct q1_0_rows {
   format::q1_0_view<device_space> w;
   static constexpr bool has_tail = false;
   static constexpr bool unit_vector_scale = false;
+  static constexpr bool shared_fold = true;  ///< x' = x: matrices of equal width share one fold
   __host__ __device__ index_t rows() const { return w.rows; }
   __host__ __device__ index_t row_words() const { return w.words_per_row(); }
   __host__ __device__ index_t tail_cols() const { return 0; }
@@ -171,17 +127,31 @@ struct bit_decode {
 __host__ __device__ inline index_t pair_words(index_t row_words) { return row_words * 16; }
 __host__ __device__ inline index_t tail_padded(index_t tail_cols) { return (tail_cols + 15) / 16 * 16; }
 
+/// What fold_kernel writes for matrix z (grid z): x' pairs, salient activations and block sums of that matrix.
+template <class Rows, int N>
+struct fold_problems {
+  Rows rows[N];
+  std::uint32_t* pairs[N];
+  std::uint16_t* tail[N];
+  float* sums[N];
+};
+
 /// x'[b] and the salient activations in the workspace layout, and per block the sums of the rounded values it wrote
 /// (sums[0][b][block]: x', bit_decode's S; sums[1][b][block]: tail, T), which the GEMV adds in a fixed order
-/// (deterministic). Grid: x over the pairs (then the tail) of one batch column, y over batch columns; 32-bit indices.
-template <class Rows, class Act, int Threads>
+/// (deterministic). Grid: x over the pairs (then the tail) of one batch column, y over batch columns, z over the
+/// matrices whose x' differs (sage: beta and the permutation are per matrix); 32-bit indices. Blocks past a
+/// matrix's work (its grid x is the largest of the list) write zero sums.
+template <class Rows, class Act, int Threads, int N>
 __launch_bounds__(Threads) SAGEPTQ_KERNEL
-    void fold_kernel(Rows rows, const Act* __restrict__ x, index_t x_stride, std::uint32_t* __restrict__ pairs,
-                     std::uint16_t* __restrict__ tail, float* __restrict__ sums) {
+    void fold_kernel(const __grid_constant__ fold_problems<Rows, N> p, const Act* __restrict__ x, index_t x_stride) {
 #if SAGEPTQ_CUDA_ARCH >= 900
   asm volatile("griddepcontrol.launch_dependents;");  // let the GEMV start streaming weights now
 #endif
   using T = typename operand<Act>::type;
+  const Rows& rows = p.rows[N == 1 ? 0 : blockIdx.z];
+  std::uint32_t* __restrict__ pairs = p.pairs[N == 1 ? 0 : blockIdx.z];
+  std::uint16_t* __restrict__ tail = p.tail[N == 1 ? 0 : blockIdx.z];
+  float* __restrict__ sums = p.sums[N == 1 ? 0 : blockIdx.z];
   const auto per_batch = static_cast<std::uint32_t>(pair_words(rows.row_words()));
   const auto tail_cols = static_cast<std::uint32_t>(rows.tail_cols()),
              padded = static_cast<std::uint32_t>(tail_padded(rows.tail_cols()));
@@ -273,19 +243,38 @@ inline constexpr int staged_tail_words = 1024;
 template <int Tiles>
 inline constexpr int ring_stages = Tiles == 1 ? 4 : 2;
 
-template <class Rows, class Act, class Out, class Decode, int Warps, int Tiles, int MinBlocks>
+/// The GEMV's problem list: matrix m owns blocks first_block[m] .. first_block[m + 1] - 1 (first_block[0] = 0) and
+/// reads its fold output; n_sums (the fold's grid x) is common to all.
+template <class Rows, class Out, int N>
+struct gemv_problems {
+  Rows rows[N];
+  const std::uint32_t* pairs[N];
+  const std::uint16_t* tail[N];
+  const float* sums[N];
+  Out* y[N];
+  index_t y_stride[N];
+  int first_block[N];
+  int count;
+};
+
+template <class Rows, class Act, class Out, class Decode, int Warps, int Tiles, int MinBlocks, int N>
 __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
-    void binary_gemv_kernel(Rows rows, const std::uint32_t* __restrict__ pairs, const std::uint16_t* __restrict__ tail,
-                            const float* __restrict__ sums, int n_sums, Out* __restrict__ y, index_t y_stride,
-                            int batch) {
+    void binary_gemv_kernel(const __grid_constant__ gemv_problems<Rows, Out, N> p, int n_sums, int batch) {
   using T = typename operand<Act>::type;
   using decode = Decode;
   static_assert(std::is_same_v<Decode, sign_decode> || (std::is_same_v<T, __half> && Rows::unit_vector_scale),
                 "bit_decode needs fp16 operands and no per-vector scale");
   constexpr int block_rows = 16 * Tiles, stages = ring_stages<Tiles>;
+  const int m = problem_of_block(p.first_block, p.count);
+  const Rows& rows = p.rows[m];
+  const std::uint32_t* __restrict__ pairs = p.pairs[m];
+  const std::uint16_t* __restrict__ tail = p.tail[m];
+  const float* __restrict__ sums = p.sums[m];
+  Out* __restrict__ y = p.y[m];
+  const index_t y_stride = p.y_stride[m];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
   const index_t n_rows = rows.rows(), row_words = rows.row_words(), vectors = row_words / 4;
-  const index_t row0 = static_cast<index_t>(blockIdx.x) * block_rows;
+  const index_t row0 = static_cast<index_t>(static_cast<int>(blockIdx.x) - p.first_block[m]) * block_rows;
 
   // Rows g and g + 8 of each tile (clamped: rows past the end load a real row and are never stored).
   const std::uint32_t* sign_row[Tiles][2];

@@ -9,12 +9,17 @@
 ///     outcome done = op::run(args, workspace, stream);           // two launches: fold x, then the GEMV
 ///
 /// y (batch x rows, row stride y_stride) = W (rows x cols) x (batch x cols, row stride x_stride), batch in [1, 8].
-/// Activations: __half, __nv_bfloat16 or float (folded to fp16); output: float, __half or __nv_bfloat16.
-/// Numerics: x' = beta * x and the salient activations are rounded once to the 16-bit operand type (fp16, or bf16 for
-/// bf16 activations), then tensor cores multiply exact binary weights (sage: +-1, or 0/1 with the sum of x' taken out
-/// for fp16 at batch <= policy::bit_decode_max_batch; q1_0: +-d, d rounded to bf16 for bf16 activations) and exact
-/// salient levels q - floor(zero), and accumulate in fp32:
-/// |y - y_exact| <= (u16 + 2 (K + 8) 2^-24) sum_j |w_j x_j| + u_out |y|, u16 = 2^-11 (fp16) or 2^-8 (bf16).
+/// Formats: sage_gemv (sage's default format), q1_0_gemv, rtn_gemv; fused_gemv<Op> runs up to 3 matrices of one of
+/// them that share x (q/k/v, gate/up) in the same launches.
+/// Activations: __half, __nv_bfloat16 or float (the binary formats fold it to fp16); output: float, __half or
+/// __nv_bfloat16.
+/// Numerics of the binary formats: x' = beta * x and the salient activations are rounded once to the 16-bit operand
+/// type (fp16, or bf16 for bf16 activations), then tensor cores multiply exact binary weights (sage: +-1, or 0/1 with
+/// the sum of x' taken out for fp16 at batch <= policy::bit_decode_max_batch; q1_0: +-d, d rounded to bf16 for bf16
+/// activations) and exact salient levels q - floor(zero), and accumulate in fp32: |y - y_exact| <= (u16 + 2 (K + 8)
+/// 2^-24) sum_j |w_j x_j| + u_out |y|, u16 = 2^-11 (fp16) or 2^-8 (bf16).
+/// rtn: fp32 products of the exact levels times the scale with x as given, |y - y_exact| <= (K + 8) 2^-24
+/// sum_j |w_j x_j| + u_out |y| (rtn_fma.cuh).
 /// run() never allocates and never synchronizes; errors come back as outcome (status::device_error carries the
 /// cudaError_t name and text). Threading: host calls are reentrant; work is ordered on `stream`.
 
@@ -22,20 +27,26 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "../../format/q1_0.hpp"
+#include "../../format/rtn.hpp"
 #include "../../format/sage.hpp"
 #include "../config.cuh"
 #include "binary_mma.cuh"
 #include "policy.cuh"
+#include "rtn_fma.cuh"
 
 SAGEPTQ_NAMESPACE_BEGIN
 namespace cuda::gemv {
 
 inline constexpr index_t max_batch = detail::max_batch;
+inline constexpr int max_fused = detail::max_fused;
 
 namespace detail {
 
@@ -47,26 +58,61 @@ inline constexpr bool is_output_v = is_activation_v<T>;
 
 inline std::size_t round_up_16(std::size_t n) { return (n + 15) / 16 * 16; }
 
-/// The common arguments and launch logic of every binary format; Rows is sage_rows or q1_0_rows.
+/// One matrix of a call, as the launch code sees it: its weights (Rows for the binary formats, the rtn view) and its
+/// output. A fused call is a list of up to max_fused of them sharing x, batch and the activation type.
+template <class Weights, class Out>
+struct problem {
+  Weights weights{};
+  Out* y = nullptr;
+  index_t y_stride = 0;
+};
+
+inline outcome check_common(index_t rows, const void* x, index_t x_cols, index_t x_stride, const void* y,
+                            index_t y_stride, index_t batch) {
+  auto bad = [](status code, const std::string& why) { return fail(code, "cuda::gemv: " + why); };
+  if (batch < 1 || batch > max_batch) return bad(status::invalid_argument, "batch must be in [1, 8]");
+  if (x == nullptr || y == nullptr) return bad(status::invalid_argument, "x and y must be device pointers");
+  if (rows < 1 || rows > 0x7fffffff) return bad(status::invalid_shape, "rows must be in [1, 2^31)");
+  if (x_stride < x_cols || y_stride < rows)
+    return bad(status::invalid_layout, "a row stride of x or y is shorter than its row");
+  return {};
+}
+
+/// Launch configuration with programmatic dependent launch allowed (where `programmatic`): the kernel may start while
+/// the previous one on the stream runs, and orders itself with griddepcontrol.wait (ignored where unsupported).
+struct launch_config {
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute attribute[1]{};
+  launch_config(unsigned blocks, unsigned threads, cudaStream_t stream, bool programmatic) {
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(threads);
+    config.stream = stream;
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = programmatic ? 1 : 0;
+  }
+};
+
+/// The launch logic of every binary format (Rows is sage_rows or q1_0_rows), for a list of 1..N matrices of equal
+/// width: one fold launch (one x' per matrix, or a single one where Rows::shared_fold), then one GEMV launch whose
+/// blocks cover every matrix's rows.
 template <class Rows, class Act, class Out, class Policy>
 struct binary_gemv {
   static_assert(is_activation_v<Act>, "sageptq: activations must be __half, __nv_bfloat16 or float");
   static_assert(is_output_v<Out>, "sageptq: output must be float, __half or __nv_bfloat16");
+  using problem_type = problem<Rows, Out>;
 
   static outcome check(const Rows& rows, const void* x, index_t x_cols, index_t x_stride, const void* y,
                        index_t y_stride, index_t batch) {
-    auto bad = [](status code, const std::string& why) { return fail(code, "cuda::gemv: " + why); };
-    if (batch < 1 || batch > max_batch) return bad(status::invalid_argument, "batch must be in [1, 8]");
-    if (x == nullptr || y == nullptr) return bad(status::invalid_argument, "x and y must be device pointers");
-    if (rows.rows() < 1 || rows.rows() > 0x7fffffff) return bad(status::invalid_shape, "rows must be in [1, 2^31)");
-    if (x_stride < x_cols || y_stride < rows.rows())
-      return bad(status::invalid_layout, "a row stride of x or y is shorter than its row");
+    if (auto ok = check_common(rows.rows(), x, x_cols, x_stride, y, y_stride, batch); !ok) return ok;
     if (reinterpret_cast<std::uintptr_t>(rows.w.signs) % 16 != 0)
-      return bad(status::invalid_layout, "sign words must be 16-byte aligned");
+      return fail(status::invalid_layout, "cuda::gemv: sign words must be 16-byte aligned");
     return {};
   }
 
-  /// Workspace: x' pairs, then the salient activations (16-bit), then the fold kernel's per-block sums (two each).
+  /// Workspace, per fold: x' pairs, then the salient activations (16-bit), then the fold kernel's per-block sums
+  /// (two each).
   static std::size_t pair_bytes(const Rows& rows, index_t batch) {
     return round_up_16(static_cast<std::size_t>(batch * pair_words(rows.row_words())) * 4);
   }
@@ -77,9 +123,36 @@ struct binary_gemv {
     const index_t work = pair_words(rows.row_words()) + tail_padded(rows.tail_cols());  // per batch column
     return static_cast<int>((work + Policy::fold_threads - 1) / Policy::fold_threads);
   }
-  static std::size_t workspace_size(const Rows& rows, index_t batch) {
+  /// The fold's grid x, common to the list: the largest of its matrices'.
+  static int fold_blocks(const problem_type* ps, int count) {
+    int n = 0;
+    for (int i = 0; i < count; ++i) n = std::max(n, fold_blocks(ps[i].weights));
+    return n;
+  }
+  static int folds(int count) { return Rows::shared_fold ? std::min(count, 1) : count; }
+  static std::size_t segment_bytes(const Rows& rows, index_t batch, int n_sums) {
     return pair_bytes(rows, batch) + tail_bytes(rows, batch) +
-           round_up_16(static_cast<std::size_t>(2 * batch * fold_blocks(rows)) * 4);
+           round_up_16(static_cast<std::size_t>(2 * batch * n_sums) * 4);
+  }
+  static std::size_t workspace_size(const problem_type* ps, int count, index_t batch) {
+    const int n_sums = fold_blocks(ps, count);
+    std::size_t bytes = 0;
+    for (int i = 0; i < folds(count); ++i) bytes += segment_bytes(ps[i].weights, batch, n_sums);
+    return bytes;
+  }
+  /// Where the fold output that matrix i reads lies in the workspace.
+  struct segment {
+    std::uint32_t* pairs;
+    std::uint16_t* tail;
+    float* sums;
+  };
+  static segment segment_of(void* workspace, const problem_type* ps, int count, int i, index_t batch) {
+    const int n_sums = fold_blocks(ps, count), f = Rows::shared_fold ? 0 : i;
+    auto* bytes = static_cast<char*>(workspace);
+    for (int j = 0; j < f; ++j) bytes += segment_bytes(ps[j].weights, batch, n_sums);
+    const Rows& rows = ps[f].weights;
+    return {reinterpret_cast<std::uint32_t*>(bytes), reinterpret_cast<std::uint16_t*>(bytes + pair_bytes(rows, batch)),
+            reinterpret_cast<float*>(bytes + pair_bytes(rows, batch) + tail_bytes(rows, batch))};
   }
 
   /// Largest row_tiles (1 or 2, at most the policy's) that still gives ~0.9 blocks per SM.
@@ -101,71 +174,132 @@ struct binary_gemv {
            steps >= static_cast<index_t>(Policy::bit_decode_min_steps) * Policy::warps;
   }
 
-  template <class Decode, int Tiles>
-  static cudaError_t launch_kernel(const Rows& rows, const void* workspace, Out* y, index_t y_stride, int batch,
-                                   cudaStream_t stream, bool programmatic) {
-    // Programmatic dependent launch: the GEMV may start while fold_kernel runs; it streams weights and waits
-    // (griddepcontrol.wait) before reading x'. Ignored where unsupported (the launch then simply serializes).
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>((rows.rows() + 16 * Tiles - 1) / (16 * Tiles)));
-    config.blockDim = dim3(Policy::warps * 32);
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = programmatic ? 1 : 0;
-    const auto* bytes = static_cast<const char*>(workspace);
-    const auto* pairs = reinterpret_cast<const std::uint32_t*>(bytes);
-    const auto* tail = reinterpret_cast<const std::uint16_t*>(bytes + pair_bytes(rows, batch));
-    const auto* sums = reinterpret_cast<const float*>(bytes + pair_bytes(rows, batch) + tail_bytes(rows, batch));
-    return cudaLaunchKernelEx(&config, binary_gemv_kernel<Rows, Act, Out, Decode, Policy::warps, Tiles, min_blocks>,
-                              rows, pairs, tail, sums, fold_blocks(rows), y, y_stride, batch);
+  template <class Decode, int Tiles, int N>
+  static cudaError_t launch_kernel(const problem_type* ps, int count, void* workspace, int batch, cudaStream_t stream,
+                                   bool programmatic) {
+    // The GEMV may start while fold_kernel runs (PDL): it streams weights and waits (griddepcontrol.wait) before
+    // reading x'.
+    gemv_problems<Rows, Out, N> p{};
+    int blocks = 0;
+    for (int i = 0; i < count; ++i) {
+      const segment s = segment_of(workspace, ps, count, i, batch);
+      p.rows[i] = ps[i].weights;
+      p.pairs[i] = s.pairs;
+      p.tail[i] = s.tail;
+      p.sums[i] = s.sums;
+      p.y[i] = ps[i].y;
+      p.y_stride[i] = ps[i].y_stride;
+      p.first_block[i] = blocks;
+      blocks += static_cast<int>((ps[i].weights.rows() + 16 * Tiles - 1) / (16 * Tiles));
+    }
+    p.count = count;
+    launch_config launch(static_cast<unsigned>(blocks), Policy::warps * 32, stream, programmatic);
+    return cudaLaunchKernelEx(&launch.config,
+                              binary_gemv_kernel<Rows, Act, Out, Decode, Policy::warps, Tiles, min_blocks, N>, p,
+                              fold_blocks(ps, count), batch);
   }
 
   /// The GEMV launch alone, on x' already folded into `workspace` (run() = fold_kernel + this).
-  static cudaError_t launch_gemv(const Rows& rows, const void* workspace, Out* y, index_t y_stride, int batch, int sms,
+  template <int N>
+  static cudaError_t launch_gemv(const problem_type* ps, int count, void* workspace, int batch, int sms,
                                  cudaStream_t stream, bool programmatic = true) {
+    index_t rows = 0;
+    bool bit = true;
+    for (int i = 0; i < count; ++i) {
+      rows += ps[i].weights.rows();
+      bit = bit && use_bit_decode(ps[i].weights, batch);
+    }
     if constexpr (bit_capable && Policy::bit_decode_max_batch > 0)
-      if (use_bit_decode(rows, batch))
-        return launch_kernel<bit_decode, 1>(rows, workspace, y, y_stride, batch, stream, programmatic);
-    if (row_tiles(rows.rows(), sms) == 2)
-      return launch_kernel<sign_decode, max_tiles>(rows, workspace, y, y_stride, batch, stream, programmatic);
-    return launch_kernel<sign_decode, 1>(rows, workspace, y, y_stride, batch, stream, programmatic);
+      if (bit) return launch_kernel<bit_decode, 1, N>(ps, count, workspace, batch, stream, programmatic);
+    if (row_tiles(rows, sms) == 2)
+      return launch_kernel<sign_decode, max_tiles, N>(ps, count, workspace, batch, stream, programmatic);
+    return launch_kernel<sign_decode, 1, N>(ps, count, workspace, batch, stream, programmatic);
   }
 
-  static outcome run(const Rows& rows, const Act* x, index_t x_stride, Out* y, index_t y_stride, index_t batch,
+  template <int N>
+  static outcome run(const problem_type* ps, int count, const Act* x, index_t x_stride, index_t batch,
                      void* workspace, cudaStream_t stream, bool programmatic = true) {
     if (workspace == nullptr || reinterpret_cast<std::uintptr_t>(workspace) % 16 != 0)
       return fail(status::invalid_argument, "cuda::gemv: workspace must be a 16-byte aligned device pointer");
-    auto* bytes = static_cast<char*>(workspace);
-    auto* pairs = reinterpret_cast<std::uint32_t*>(bytes);
-    auto* tail = reinterpret_cast<std::uint16_t*>(bytes + pair_bytes(rows, batch));
-    auto* sums = reinterpret_cast<float*>(bytes + pair_bytes(rows, batch) + tail_bytes(rows, batch));
-    if (const int n = fold_blocks(rows); n > 0) {
-      const dim3 blocks(static_cast<unsigned>(n), static_cast<unsigned>(batch));
-      fold_kernel<Rows, Act, Policy::fold_threads><<<blocks, Policy::fold_threads, 0, stream>>>(rows, x, x_stride,
-                                                                                                 pairs, tail, sums);
-      SAGEPTQ_CUDA_TRY(cudaGetLastError());
+    fold_problems<Rows, N> f{};
+    for (int i = 0; i < folds(count); ++i) {
+      const segment s = segment_of(workspace, ps, count, i, batch);
+      f.rows[i] = ps[i].weights;
+      f.pairs[i] = s.pairs;
+      f.tail[i] = s.tail;
+      f.sums[i] = s.sums;
     }
+    const dim3 blocks(static_cast<unsigned>(fold_blocks(ps, count)), static_cast<unsigned>(batch),
+                      static_cast<unsigned>(folds(count)));
+    fold_kernel<Rows, Act, Policy::fold_threads, N><<<blocks, Policy::fold_threads, 0, stream>>>(f, x, x_stride);
+    SAGEPTQ_CUDA_TRY(cudaGetLastError());
     int device = 0, sms = 0;
     SAGEPTQ_CUDA_TRY(cudaGetDevice(&device));
     SAGEPTQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    SAGEPTQ_CUDA_TRY(launch_gemv(rows, workspace, y, y_stride, static_cast<int>(batch), sms, stream, programmatic));
+    SAGEPTQ_CUDA_TRY(launch_gemv<N>(ps, count, workspace, static_cast<int>(batch), sms, stream, programmatic));
+    return {};
+  }
+};
+
+/// The launch logic of the rtn format: one launch, no workspace; the kernel is chosen by the code width.
+template <class Act, class Out, class Policy>
+struct rtn_gemv_impl {
+  static_assert(is_activation_v<Act>, "sageptq: activations must be __half, __nv_bfloat16 or float");
+  static_assert(is_output_v<Out>, "sageptq: output must be float, __half or __nv_bfloat16");
+  using problem_type = problem<format::rtn_view<device_space>, Out>;
+  static constexpr int block_rows = Policy::rtn_warps * Policy::rtn_rows_per_warp;
+
+  static std::size_t workspace_size(const problem_type*, int, index_t) { return 0; }
+
+  template <int N, int Bits>
+  static cudaError_t launch(const problem_type* ps, int count, const Act* x, index_t x_stride, int batch,
+                            cudaStream_t stream) {
+    rtn_problems<Out, N> p{};
+    int blocks = 0;
+    for (int i = 0; i < count; ++i) {
+      p.w[i] = ps[i].weights;
+      p.y[i] = ps[i].y;
+      p.y_stride[i] = ps[i].y_stride;
+      p.first_block[i] = blocks;
+      blocks += static_cast<int>((ps[i].weights.rows + block_rows - 1) / block_rows);
+    }
+    p.count = count;
+    rtn_gemv_kernel<Act, Out, Bits, Policy::rtn_warps, Policy::rtn_rows_per_warp, N>
+        <<<static_cast<unsigned>(blocks), Policy::rtn_warps * 32, 0, stream>>>(p, x, x_stride, batch);
+    return cudaGetLastError();
+  }
+
+  template <int N>
+  static outcome run(const problem_type* ps, int count, const Act* x, index_t x_stride, index_t batch, void*,
+                     cudaStream_t stream) {
+    const int bits = ps[0].weights.layout.bits;  // can_implement: every matrix of a list has the same width
+    cudaError_t error = cudaErrorInvalidValue;
+    [&]<int... B>(std::integer_sequence<int, B...>) {
+      ((bits == B + 1 ? (error = launch<N, B + 1>(ps, count, x, x_stride, static_cast<int>(batch), stream)) : error),
+       ...);
+    }(std::make_integer_sequence<int, 8>{});
+    SAGEPTQ_CUDA_TRY(error);
     return {};
   }
 };
 
 }  // namespace detail
 
+template <class Op>
+class fused_gemv;
+
 /// GEMV over the sage default format (1 plane, factorized scales, column groups, salient tail).
 template <class Act, class Out, class Policy = sm90_policy>
 class sage_gemv {
   using impl = detail::binary_gemv<detail::sage_rows, Act, Out, Policy>;
+  friend class fused_gemv<sage_gemv>;
 
  public:
+  using weights_type = format::sage_view<device_space>;
+  using activation_type = Act;
+  using output_type = Out;
   struct arguments {
-    format::sage_view<device_space> weights;
+    weights_type weights;
     const Act* x = nullptr;  ///< batch x cols, x_stride elements between activation rows
     index_t x_stride = 0;
     Out* y = nullptr;        ///< batch x rows, y_stride elements between output rows
@@ -185,22 +319,35 @@ class sage_gemv {
     return impl::check(detail::sage_rows{a.weights}, a.x, s.cols, a.x_stride, a.y, a.y_stride, a.batch);
   }
   static std::size_t workspace_size(const arguments& a) {
-    return impl::workspace_size(detail::sage_rows{a.weights}, a.batch);
+    const auto p = problem(a.weights, a.y, a.y_stride);
+    return impl::workspace_size(&p, 1, a.batch);
   }
   static outcome run(const arguments& a, void* workspace, cudaStream_t stream = nullptr) {
     if (auto ok = can_implement(a); !ok) return ok;
-    return impl::run(detail::sage_rows{a.weights}, a.x, a.x_stride, a.y, a.y_stride, a.batch, workspace, stream);
+    const auto p = problem(a.weights, a.y, a.y_stride);
+    return impl::template run<1>(&p, 1, a.x, a.x_stride, a.batch, workspace, stream);
   }
+
+ private:
+  static typename impl::problem_type problem(const weights_type& w, Out* y, index_t y_stride) {
+    return {detail::sage_rows{w}, y, y_stride};
+  }
+  static index_t cols(const weights_type& w) { return w.shape.cols; }
+  static outcome can_fuse(const weights_type&, const weights_type&) { return {}; }
 };
 
 /// GEMV over q1_0 (one fp16 scale per 128 columns of a row).
 template <class Act, class Out, class Policy = sm90_policy>
 class q1_0_gemv {
   using impl = detail::binary_gemv<detail::q1_0_rows, Act, Out, Policy>;
+  friend class fused_gemv<q1_0_gemv>;
 
  public:
+  using weights_type = format::q1_0_view<device_space>;
+  using activation_type = Act;
+  using output_type = Out;
   struct arguments {
-    format::q1_0_view<device_space> weights;
+    weights_type weights;
     const Act* x = nullptr;
     index_t x_stride = 0;
     Out* y = nullptr;
@@ -212,11 +359,138 @@ class q1_0_gemv {
     return impl::check(detail::q1_0_rows{a.weights}, a.x, a.weights.cols, a.x_stride, a.y, a.y_stride, a.batch);
   }
   static std::size_t workspace_size(const arguments& a) {
-    return impl::workspace_size(detail::q1_0_rows{a.weights}, a.batch);
+    const auto p = problem(a.weights, a.y, a.y_stride);
+    return impl::workspace_size(&p, 1, a.batch);
   }
   static outcome run(const arguments& a, void* workspace, cudaStream_t stream = nullptr) {
     if (auto ok = can_implement(a); !ok) return ok;
-    return impl::run(detail::q1_0_rows{a.weights}, a.x, a.x_stride, a.y, a.y_stride, a.batch, workspace, stream);
+    const auto p = problem(a.weights, a.y, a.y_stride);
+    return impl::template run<1>(&p, 1, a.x, a.x_stride, a.batch, workspace, stream);
+  }
+
+ private:
+  static typename impl::problem_type problem(const weights_type& w, Out* y, index_t y_stride) {
+    return {detail::q1_0_rows{w}, y, y_stride};
+  }
+  static index_t cols(const weights_type& w) { return w.cols; }
+  static outcome can_fuse(const weights_type&, const weights_type&) { return {}; }
+};
+
+/// GEMV over rtn (b-bit codes, 1 <= b <= 8, an fp16 scale and for asymmetric grids a zero per group), on the FMA
+/// pipes (rtn_fma.cuh). Needs groups of whole 32-code units (group_size a multiple of 32) or one group per row
+/// (group_size >= cols), and x 16-byte aligned with a row stride of a multiple of 16 bytes. One launch; no workspace
+/// (workspace_size() is 0 and run() accepts a null workspace).
+template <class Act, class Out, class Policy = sm90_policy>
+class rtn_gemv {
+  using impl = detail::rtn_gemv_impl<Act, Out, Policy>;
+  friend class fused_gemv<rtn_gemv>;
+
+ public:
+  using weights_type = format::rtn_view<device_space>;
+  using activation_type = Act;
+  using output_type = Out;
+  struct arguments {
+    weights_type weights;
+    const Act* x = nullptr;
+    index_t x_stride = 0;
+    Out* y = nullptr;
+    index_t y_stride = 0;
+    index_t batch = 1;
+  };
+
+  static outcome can_implement(const arguments& a) {
+    const auto& w = a.weights;
+    const auto& l = w.layout;
+    if (l.bits < 1 || l.bits > 8) return fail(status::unsupported, "cuda::gemv: rtn codes must have 1 to 8 bits");
+    if (l.group_size < 1 || (l.group_size % 32 != 0 && l.group_size < w.cols))
+      return fail(status::unsupported, "cuda::gemv: rtn groups must be a multiple of 32 columns or a whole row");
+    if (w.codes == nullptr || w.scales == nullptr || (!l.symmetric && w.zeros == nullptr))
+      return fail(status::invalid_argument, "cuda::gemv: rtn codes, scales and (asymmetric) zeros must be device "
+                                            "pointers");
+    if (w.cols < 1) return fail(status::invalid_shape, "cuda::gemv: cols must be positive");
+    if (reinterpret_cast<std::uintptr_t>(a.x) % 16 != 0 || (a.x_stride * sizeof(Act)) % 16 != 0)
+      return fail(status::invalid_layout, "cuda::gemv: rtn activations must be 16-byte aligned, with a row stride "
+                                          "of a multiple of 16 bytes");
+    return detail::check_common(w.rows, a.x, w.cols, a.x_stride, a.y, a.y_stride, a.batch);
+  }
+  static std::size_t workspace_size(const arguments&) { return 0; }
+  static outcome run(const arguments& a, void* workspace, cudaStream_t stream = nullptr) {
+    if (auto ok = can_implement(a); !ok) return ok;
+    const auto p = problem(a.weights, a.y, a.y_stride);
+    return impl::template run<1>(&p, 1, a.x, a.x_stride, a.batch, workspace, stream);
+  }
+
+ private:
+  static typename impl::problem_type problem(const weights_type& w, Out* y, index_t y_stride) {
+    return {w, y, y_stride};
+  }
+  static index_t cols(const weights_type& w) { return w.cols; }
+  static outcome can_fuse(const weights_type& first, const weights_type& other) {
+    if (other.layout.bits != first.layout.bits)
+      return fail(status::unsupported, "cuda::gemv: fused rtn matrices must have the same code width");
+    return {};
+  }
+};
+
+/// Up to max_fused matrices of one format (Op = sage_gemv, q1_0_gemv or rtn_gemv) that share their input, e.g.
+/// q/k/v or gate/up, in one call: x is folded once per matrix in one launch (once for all where the format's x' does
+/// not depend on the matrix: q1_0) and one GEMV launch covers every matrix's rows, so the launches and the tail of
+/// small matrices are paid once. Each matrix keeps its own rows and output; all have the same cols.
+///
+///     using op = cuda::gemv::fused_gemv<cuda::gemv::sage_gemv<__half, __half>>;
+///     op::arguments args{{wq, wk, wv}, {yq, yk, yv}, {nq, nk, nv}, 3, x, x_stride, batch};
+template <class Op>
+class fused_gemv {
+ public:
+  using weights_type = typename Op::weights_type;
+  using activation_type = typename Op::activation_type;
+  using output_type = typename Op::output_type;
+  struct arguments {
+    std::array<weights_type, max_fused> weights{};
+    std::array<output_type*, max_fused> y{};    ///< y[i]: batch x rows_i, y_stride[i] elements between rows
+    std::array<index_t, max_fused> y_stride{};
+    int count = 0;                              ///< matrices used, 1..max_fused
+    const activation_type* x = nullptr;         ///< batch x cols, shared
+    index_t x_stride = 0;
+    index_t batch = 1;
+  };
+
+  static outcome can_implement(const arguments& a) {
+    if (a.count < 1 || a.count > max_fused)
+      return fail(status::invalid_argument, "cuda::gemv: a fused call takes 1 to " + std::to_string(max_fused) +
+                                                " matrices");
+    for (int i = 0; i < a.count; ++i) {
+      const auto k = static_cast<std::size_t>(i);
+      if (Op::cols(a.weights[k]) != Op::cols(a.weights[0]))
+        return fail(status::invalid_shape, "cuda::gemv: fused matrices share x, so they must have the same cols");
+      if (auto ok = Op::can_implement(single(a, i)); !ok) return ok;
+      if (auto ok = Op::can_fuse(a.weights[0], a.weights[k]); !ok) return ok;
+    }
+    return {};
+  }
+  static std::size_t workspace_size(const arguments& a) {
+    const auto ps = problems(a);
+    return Op::impl::workspace_size(ps.data(), count(a), a.batch);
+  }
+  static outcome run(const arguments& a, void* workspace, cudaStream_t stream = nullptr) {
+    if (auto ok = can_implement(a); !ok) return ok;
+    const auto ps = problems(a);
+    return Op::impl::template run<max_fused>(ps.data(), a.count, a.x, a.x_stride, a.batch, workspace, stream);
+  }
+
+ private:
+  static int count(const arguments& a) { return std::clamp(a.count, 0, max_fused); }
+  static typename Op::arguments single(const arguments& a, int i) {
+    return {a.weights[static_cast<std::size_t>(i)], a.x, a.x_stride, a.y[static_cast<std::size_t>(i)],
+            a.y_stride[static_cast<std::size_t>(i)], a.batch};
+  }
+  static auto problems(const arguments& a) {
+    std::array<typename Op::impl::problem_type, max_fused> ps{};
+    for (int i = 0; i < count(a); ++i) {
+      const auto k = static_cast<std::size_t>(i);
+      ps[k] = Op::problem(a.weights[k], a.y[k], a.y_stride[k]);
+    }
+    return ps;
   }
 };
 

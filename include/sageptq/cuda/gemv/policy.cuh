@@ -2,7 +2,8 @@
 /// @file policy.cuh
 /// Per-architecture tuning knobs of the binary GEMV kernels (all compile-time). A block of `warps` warps owns
 /// 16 * row_tiles rows and splits their columns across its warps; row_tiles is chosen at run time from
-/// {1, 2} up to max_row_tiles so the grid still covers the multiprocessors. Threading: none (types only).
+/// {1, 2} up to max_row_tiles so the grid still covers the multiprocessors. The rtn kernel (FMA pipes) gives each of
+/// its rtn_warps warps rtn_rows_per_warp rows. Threading: none (types only).
 
 #include "../config.cuh"
 
@@ -19,6 +20,8 @@ struct sm80_policy {
   /// bit_decode off: ptxas spills 16 bytes of it for sm_80 at 2 blocks per SM, and it was never timed on an A100.
   static constexpr int bit_decode_max_batch = 0;
   static constexpr int bit_decode_min_steps = 2;
+  static constexpr int rtn_warps = 8;
+  static constexpr int rtn_rows_per_warp = 2;
 };
 
 /// H100: 132 SMs at ~3.35 TB/s; 8 warps x up to 2 row tiles (<= 128 registers) let 2 blocks share an SM; sign
@@ -34,6 +37,8 @@ struct sm90_policy {
   static constexpr int fold_threads = 256;
   static constexpr int bit_decode_max_batch = 2;  ///< fp16 sage: bit_decode up to this batch, sign_decode above
   static constexpr int bit_decode_min_steps = 2;  ///< ... and from this many 512-column steps per warp (K >= ~8192)
+  static constexpr int rtn_warps = 8;             ///< rtn: 16 rows per block (4096 rows: 256 blocks)
+  static constexpr int rtn_rows_per_warp = 2;     ///< rows sharing each x load
 };
 
 }  // namespace cuda::gemv
