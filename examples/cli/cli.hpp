@@ -8,11 +8,14 @@
 //   sageptq generate [--model DIR] [--quantized FILE] --prompt-tokens TOKENS --n N
 //
 // Every option that does not apply (to the command, or to the method: --bits for q1_0, --calib-windows for rtn)
-// is an error, never ignored. rtn and q1_0 use no calibration data: --calib is optional for them. Several
-// --target-bpw budgets quantize once per budget; --out (and --report) must then contain "{bpw}". `eval` prints
-// as its last line "ppl=<float> full_bpw=<float> paper_bpw=<float> windows=<int>", bpw over the linear layers
-// (the source dtype's bits for an unquantized model). `generate` decodes greedily with the KV cache and prints the
-// generated token ids. Progress bars go to stderr.
+// is an error, never ignored. rtn and q1_0 use no calibration data: --calib is optional for them. A --target-bpw
+// budget is the mean full bpw over all linear layers (pipeline::spread_budget). Several budgets quantize once per
+// budget; --out (and --report) must then contain "{bpw}". `eval` prints as its last line
+// "ppl=<float> full_bpw=<float> paper_bpw=<float> windows=<int>", bpw over the linear layers of the source model
+// (the source dtype's bits for an unquantized model; weights a pruned model dropped count 0).
+// --method toga (llama/toga.hpp) prunes and mixes precisions: it needs --calib and --target-bpw, takes no --bits
+// or --group, and serves all its budgets from one calibration and profiling pass. `generate` decodes greedily with
+// the KV cache and prints the generated token ids. Progress bars go to stderr.
 
 #include <sageptq/io/quantized_model.hpp>
 #include <sageptq/io/tokens.hpp>
@@ -22,6 +25,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -40,6 +44,7 @@
 #include "../llama/perplexity.hpp"
 #include "../llama/quantize.hpp"
 #include "../llama/quantized_model.hpp"
+#include "../llama/toga.hpp"
 
 namespace sageptq_cli {
 
@@ -170,26 +175,149 @@ inline nlohmann::ordered_json layer_report(const sageptq::io::quantized_tensor& 
           {"notes", r.notes}};
 }
 
+/// What every quantize method shares: calibration sampling, threads, budgets and output paths.
+struct quantize_settings {
+  std::filesystem::path model_dir;
+  long long windows = 128, ctx = 512, seed = 0, threads = default_threads();
+  std::vector<double> budgets;  ///< --target-bpw, empty when absent
+  std::string out_pattern, report_pattern;
+
+  /// --calib with its sampling as a report records it.
+  [[nodiscard]] nlohmann::ordered_json calibration_json(const options& opt) const {
+    return {{"tokens", *opt.text("calib")}, {"windows", windows}, {"ctx", ctx}, {"seed", seed}};
+  }
+};
+
+inline std::optional<cli_error> parse_quantize_settings(const options& opt, quantize_settings& s) {
+  s.model_dir = *opt.text("model");
+  if (auto e = opt.integer("calib-windows", 1, 1 << 20, s.windows)) return e;
+  if (auto e = opt.integer("ctx", 1, 1 << 20, s.ctx)) return e;
+  if (auto e = opt.integer("seed", 0, std::numeric_limits<long long>::max(), s.seed)) return e;
+  if (auto e = opt.integer("threads", 1, 1024, s.threads)) return e;
+  if (const auto t = opt.text("target-bpw"))
+    if (auto e = parse_budgets(*t, s.budgets)) return e;
+  s.out_pattern = *opt.text("out");
+  s.report_pattern = opt.text("report").value_or("");
+  if (s.budgets.size() > 1 && (s.out_pattern.find("{bpw}") == std::string::npos ||
+                               (!s.report_pattern.empty() && s.report_pattern.find("{bpw}") == std::string::npos)))
+    return cli_error{2, "with several --target-bpw budgets, --out (and --report) must contain {bpw}"};
+  return std::nullopt;
+}
+
+/// --calib-windows windows of --ctx tokens of --calib, drawn with --seed, for a model of configuration `cfg`.
+inline std::optional<cli_error> calibration_windows(const options& opt, const quantize_settings& s,
+                                                    const sageptq::io::llama_config& cfg,
+                                                    sageptq::pipeline::token_windows& out) {
+  if (s.ctx > cfg.max_position_embeddings)
+    return cli_error{2, "--ctx " + std::to_string(s.ctx) + " exceeds the model's " +
+                            std::to_string(cfg.max_position_embeddings) + " positions"};
+  auto tokens = sageptq::io::read_tokens(*opt.text("calib"), static_cast<std::uint32_t>(cfg.vocab_size));
+  if (!tokens.ok()) return error_of(tokens.as_outcome());
+  sageptq::pipeline::window_options wopt;
+  wopt.count = s.windows;
+  wopt.context = s.ctx;
+  wopt.seed = static_cast<std::uint64_t>(s.seed);
+  auto sampled = sageptq::pipeline::sample_windows(*tokens, wopt);
+  if (!sampled.ok()) return error_of(sampled.as_outcome());
+  out = std::move(sampled).value();
+  return std::nullopt;
+}
+
+/// Writes the report of `budget` when --report was given.
+inline std::optional<cli_error> write_report(const quantize_settings& s, double budget,
+                                             const nlohmann::ordered_json& report) {
+  if (s.report_pattern.empty()) return std::nullopt;
+  const std::string path = with_budget(s.report_pattern, budget);
+  std::ofstream file(path);
+  file << report.dump(2) << '\n';
+  if (!file) return cli_error{1, "cannot write the report " + path};
+  return std::nullopt;
+}
+
+/// Wall and process CPU seconds (all threads) since construction; cpu_seconds / cores estimates a run on fewer cores.
+struct stopwatch {
+  std::chrono::steady_clock::time_point wall_start = std::chrono::steady_clock::now();
+  std::clock_t cpu_start = std::clock();
+
+  [[nodiscard]] double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  }
+  [[nodiscard]] double cpu_seconds() const { return static_cast<double>(std::clock() - cpu_start) / CLOCKS_PER_SEC; }
+};
+
+/// `quantize --method toga` (llama/toga.hpp): one calibration and profiling pass, then per budget an allocation
+/// and an end-to-end search, each written as its own file. --seed draws the windows and seeds the search.
+inline std::optional<cli_error> quantize_toga(const options& opt, const quantize_settings& s, std::ostream& out,
+                                              std::ostream& err) {
+  for (const char* option : {"bits", "group"})
+    if (opt.has(option)) return cli_error{2, std::string("--") + option + " does not apply to method toga"};
+  if (!opt.has("calib") || s.budgets.empty())
+    return cli_error{2, "method toga needs --calib TOKENS and --target-bpw X[,X...]"};
+  auto m = llama::model::load(s.model_dir);
+  if (!m.ok()) return error_of(m.as_outcome());
+  sageptq::pipeline::token_windows windows;
+  if (auto e = calibration_windows(opt, s, m->config(), windows)) return e;
+
+  const sageptq::thread_executor exec(static_cast<unsigned>(s.threads));
+  llama::toga_options topt;
+  topt.refine.seed = static_cast<std::uint64_t>(s.seed);
+  std::map<std::string, std::unique_ptr<progress_bar>> bars;
+  topt.progress = [&](const std::string& stage, index_t done, index_t total) {
+    auto& bar = bars[stage];
+    if (!bar || done == 1) bar = std::make_unique<progress_bar>(err, stage);
+    (*bar)(done, total);
+  };
+  const stopwatch profile_time;
+  auto session = llama::toga_session::create(*m, windows, topt, exec);
+  if (!session.ok()) return error_of(session.as_outcome());
+  out << "toga profile: " << session->profile().layers.size() << " layers, seconds=" << profile_time.seconds()
+      << " cpu_seconds=" << profile_time.cpu_seconds() << '\n';
+  for (const double budget : s.budgets) {
+    const stopwatch budget_time;
+    auto r = session->compress(budget);
+    if (!r.ok()) return error_of(r.as_outcome());
+    const nlohmann::ordered_json description = session->describe(*r, budget);
+    auto contents = llama::assemble_quantized_model(s.model_dir, "toga", description.dump(), r->tensors);
+    if (!contents.ok()) return error_of(contents.as_outcome());
+    const std::filesystem::path out_path = with_budget(s.out_pattern, budget);
+    if (auto written = sageptq::io::write_quantized_model(out_path, *contents); !written.ok()) return error_of(written);
+    const double seconds = budget_time.seconds(), cpu_seconds = budget_time.cpu_seconds();
+    out << "wrote " << out_path.string() << ": " << contents->packed.size() << " matrices, full_bpw=" << r->full_bpw()
+        << " kl=" << r->score << " seconds=" << seconds << " cpu_seconds=" << cpu_seconds << '\n';
+    nlohmann::ordered_json report = {{"model", s.model_dir.string()},
+                                     {"method", "toga"},
+                                     {"calibration", s.calibration_json(opt)},
+                                     {"toga", description},
+                                     {"layers", nlohmann::ordered_json::array()}};
+    for (const auto& t : contents->packed) report["layers"].push_back(layer_report(t));
+    report["totals"] = {{"bits", sageptq::io::bits_json(r->packed_bits)},
+                        {"mask_bits", r->mask_bits},
+                        {"source_weights", r->source_weights},
+                        {"full_bpw", r->full_bpw()},
+                        {"paper_bpw", static_cast<double>(r->packed_bits.paper_bits) /
+                                          static_cast<double>(r->source_weights)},
+                        {"seconds", seconds},
+                        {"cpu_seconds", cpu_seconds}};
+    if (auto e = write_report(s, budget, report)) return e;
+  }
+  return std::nullopt;
+}
+
 inline std::optional<cli_error> quantize(const options& opt, std::ostream& out, std::ostream& err) {
   for (const char* required : {"model", "method", "out"})
     if (!opt.has(required)) return cli_error{2, std::string("quantize needs --") + required};
+  quantize_settings s;
+  if (auto e = parse_quantize_settings(opt, s)) return e;
   const std::string method_name = *opt.text("method");
+  if (method_name == "toga") return quantize_toga(opt, s, out, err);
   sageptq::pipeline::method_options method_opt;
   nlohmann::ordered_json options_json = nlohmann::ordered_json::object();
-  long long bits = 0, group = 0, windows = 128, ctx = 512, seed = 0, threads = default_threads();
+  long long bits = 0, group = 0;
   if (auto e = opt.integer("bits", 1, 8, bits)) return e;
   if (auto e = opt.integer("group", 0, 1 << 24, group)) return e;
-  if (auto e = opt.integer("calib-windows", 1, 1 << 20, windows)) return e;
-  if (auto e = opt.integer("ctx", 1, 1 << 20, ctx)) return e;
-  if (auto e = opt.integer("seed", 0, std::numeric_limits<long long>::max(), seed)) return e;
-  if (auto e = opt.integer("threads", 1, 1024, threads)) return e;
   if (opt.has("bits")) options_json["bits"] = *(method_opt.bits = static_cast<int>(bits));
   if (opt.has("group")) options_json["group"] = *(method_opt.group = static_cast<index_t>(group));
-  std::vector<double> budgets;
-  if (const auto t = opt.text("target-bpw")) {
-    if (auto e = parse_budgets(*t, budgets)) return e;
-    method_opt.target_bpw = budgets.front();
-  }
+  if (!s.budgets.empty()) method_opt.target_bpw = s.budgets.front();
   const auto probe = sageptq::pipeline::make_method(method_name, method_opt);  // rejects options the method lacks
   if (!probe.ok()) return cli_error{2, probe.message()};
   const bool calibrated = sageptq::pipeline::needs_calibration(*probe);
@@ -199,35 +327,19 @@ inline std::optional<cli_error> quantize(const options& opt, std::ostream& out, 
         return cli_error{2, std::string("--") + option + " does not apply to method " + method_name +
                                 " (it uses no calibration data)"};
   if (calibrated && !opt.has("calib")) return cli_error{2, "method " + method_name + " needs --calib TOKENS"};
+  std::vector<double> budgets = s.budgets;
   if (budgets.empty()) budgets.push_back(0);  // one run with the method's default budget
-  const std::string out_pattern = *opt.text("out");
-  const std::string report_pattern = opt.text("report").value_or("");
-  if (budgets.size() > 1 && (out_pattern.find("{bpw}") == std::string::npos ||
-                             (!report_pattern.empty() && report_pattern.find("{bpw}") == std::string::npos)))
-    return cli_error{2, "with several --target-bpw budgets, --out (and --report) must contain {bpw}"};
 
-  const std::filesystem::path model_dir = *opt.text("model");
-  const sageptq::thread_executor exec(static_cast<unsigned>(threads));
-  sageptq::pipeline::token_windows windows_data;
+  const sageptq::thread_executor exec(static_cast<unsigned>(s.threads));
+  sageptq::pipeline::token_windows windows;
   if (calibrated) {
-    auto cfg = sageptq::io::read_llama_config(model_dir);
+    auto cfg = sageptq::io::read_llama_config(s.model_dir);
     if (!cfg.ok()) return error_of(cfg.as_outcome());
-    if (ctx > cfg->max_position_embeddings)
-      return cli_error{2, "--ctx " + std::to_string(ctx) + " exceeds the model's " +
-                              std::to_string(cfg->max_position_embeddings) + " positions"};
-    auto tokens = sageptq::io::read_tokens(*opt.text("calib"), static_cast<std::uint32_t>(cfg->vocab_size));
-    if (!tokens.ok()) return error_of(tokens.as_outcome());
-    sageptq::pipeline::window_options wopt;
-    wopt.count = windows;
-    wopt.context = ctx;
-    wopt.seed = static_cast<std::uint64_t>(seed);
-    auto sampled = sageptq::pipeline::sample_windows(*tokens, wopt);
-    if (!sampled.ok()) return error_of(sampled.as_outcome());
-    windows_data = std::move(sampled).value();
+    if (auto e = calibration_windows(opt, s, *cfg, windows)) return e;
   }
 
   for (const double budget : budgets) {
-    auto m = llama::model::load(model_dir);
+    auto m = llama::model::load(s.model_dir);
     if (!m.ok()) return error_of(m.as_outcome());
     if (budget > 0) method_opt.target_bpw = budget;
     auto method = sageptq::pipeline::make_method(method_name, method_opt);
@@ -240,42 +352,34 @@ inline std::optional<cli_error> quantize(const options& opt, std::ostream& out, 
     qopt.calibration.order = sageptq::pipeline::reference_order(*method);
     const progress_bar bar(err, "quantize " + method_name + (budget > 0 ? " @" + with_budget("{bpw}", budget) : ""));
     qopt.progress = [&](index_t done, index_t total) { bar(done, total); };
-    const auto start = std::chrono::steady_clock::now();
-    auto q = llama::quantize_model(*m, windows_data, qopt, exec);
+    const stopwatch time;
+    auto q = llama::quantize_model(*m, windows, qopt, exec);
     if (!q.ok()) return error_of(q.as_outcome());
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double seconds = time.seconds();
 
-    auto contents = llama::assemble_quantized_model(model_dir, method_name, method_json.dump(), std::move(q->tensors));
+    auto contents = llama::assemble_quantized_model(s.model_dir, method_name, method_json.dump(), std::move(q->tensors));
     if (!contents.ok()) return error_of(contents.as_outcome());
-    const std::filesystem::path out_path = with_budget(out_pattern, budget);
+    const std::filesystem::path out_path = with_budget(s.out_pattern, budget);
     if (auto written = sageptq::io::write_quantized_model(out_path, *contents); !written.ok()) return error_of(written);
     const auto total = contents->total_bits();
     out << "wrote " << out_path.string() << ": " << contents->packed.size() << " matrices, full_bpw=" << total.full_bpw()
         << " paper_bpw=" << total.paper_bpw() << " seconds=" << seconds << '\n';
 
-    if (!report_pattern.empty()) {
-      nlohmann::ordered_json report = {
-          {"model", model_dir.string()},
-          {"method", method_name},
-          {"options", method_json},
-          {"order", qopt.calibration.order == sageptq::pipeline::sequential_order::per_layer ? "per_layer"
-                                                                                             : "true_sequential"},
-          {"calibration", calibrated ? nlohmann::ordered_json{{"tokens", *opt.text("calib")},
-                                                              {"windows", windows},
-                                                              {"ctx", ctx},
-                                                              {"seed", seed}}
-                                     : nlohmann::ordered_json(nullptr)},
-          {"peak_statistics_bytes", q->peak_statistics_bytes},
-          {"layers", nlohmann::ordered_json::array()}};
-      for (const auto& t : contents->packed) report["layers"].push_back(layer_report(t));
-      report["totals"] = {{"bits", sageptq::io::bits_json(total)},
-                          {"full_bpw", total.full_bpw()},
-                          {"paper_bpw", total.paper_bpw()},
-                          {"seconds", seconds}};
-      std::ofstream file(with_budget(report_pattern, budget));
-      file << report.dump(2) << '\n';
-      if (!file) return cli_error{1, "cannot write the report " + with_budget(report_pattern, budget)};
-    }
+    nlohmann::ordered_json report = {
+        {"model", s.model_dir.string()},
+        {"method", method_name},
+        {"options", method_json},
+        {"order", qopt.calibration.order == sageptq::pipeline::sequential_order::per_layer ? "per_layer"
+                                                                                           : "true_sequential"},
+        {"calibration", calibrated ? s.calibration_json(opt) : nlohmann::ordered_json(nullptr)},
+        {"peak_statistics_bytes", q->peak_statistics_bytes},
+        {"layers", nlohmann::ordered_json::array()}};
+    for (const auto& t : contents->packed) report["layers"].push_back(layer_report(t));
+    report["totals"] = {{"bits", sageptq::io::bits_json(total)},
+                        {"full_bpw", total.full_bpw()},
+                        {"paper_bpw", total.paper_bpw()},
+                        {"seconds", seconds}};
+    if (auto e = write_report(s, budget, report)) return e;
   }
   return std::nullopt;
 }
@@ -313,9 +417,14 @@ inline std::optional<cli_error> load(const options& opt, loaded& out) {
                               sageptq::io::fingerprint_hex(q->file.source_fingerprint) + ", but " + *opt.text("model") +
                               " has " + sageptq::io::fingerprint_hex(fingerprint)};
   }
+  // Over the source model's linear weights: weights a pruned (toga) model dropped count 0 bits, its kept-structure
+  // masks count as stored (llama/toga.hpp).
   const auto bits = q->file.total_bits();
-  out.full_bpw = bits.full_bpw();
-  out.paper_bpw = bits.paper_bpw();
+  const sageptq::toga::model_shape shape = llama::toga_shape(q->engine.config());
+  const std::uint64_t masks = q->file.method == "toga" ? shape.mask_bits() : 0;
+  const auto weights = static_cast<double>(shape.source_weights());
+  out.full_bpw = static_cast<double>(bits.full_bits() + masks) / weights;
+  out.paper_bpw = static_cast<double>(bits.paper_bits) / weights;
   out.engine = std::move(q->engine);
   return std::nullopt;
 }

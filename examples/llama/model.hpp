@@ -52,6 +52,32 @@ constexpr std::string_view linear_name(linear_kind kind) noexcept {
   return names[static_cast<int>(kind)];
 }
 
+/// Empty when the seven linear layers (q k v o gate up down) have the shapes of a decoder layer of `cfg`, possibly
+/// pruned (TOGA, sageptq/toga/): whole KV groups — a KV head and the query heads that read it — removed from q, k,
+/// v (rows) and o (columns), and MLP channels removed from gate, up (rows) and down (columns), at least one of each
+/// kept. Otherwise what is wrong. Kept heads and channels are permutation-invariant, so the shapes say everything.
+inline std::string pruned_shape_error(const sageptq::io::llama_config& cfg,
+                                      const std::array<std::pair<index_t, index_t>, linear_kinds>& shapes) {
+  const index_t hd = cfg.head_dim, group = cfg.num_attention_heads / cfg.num_key_value_heads, dim = cfg.hidden_size;
+  const index_t kv_rows = shapes[static_cast<std::size_t>(linear_kind::k)].first;
+  const index_t channels = shapes[static_cast<std::size_t>(linear_kind::gate)].first;
+  if (kv_rows < hd || kv_rows % hd != 0 || kv_rows > cfg.num_key_value_heads * hd)
+    return "k_proj has " + std::to_string(kv_rows) + " rows, not a whole number of KV heads of " + std::to_string(hd);
+  if (channels < 1 || channels > cfg.intermediate_size)
+    return "gate_proj has " + std::to_string(channels) + " rows, not in [1, intermediate_size]";
+  const std::array<std::pair<index_t, index_t>, linear_kinds> expected = {
+      {{kv_rows * group, dim}, {kv_rows, dim}, {kv_rows, dim}, {dim, kv_rows * group}, {channels, dim},
+       {channels, dim}, {dim, channels}}};
+  for (int i = 0; i < linear_kinds; ++i)
+    if (shapes[static_cast<std::size_t>(i)] != expected[static_cast<std::size_t>(i)])
+      return std::string(linear_name(static_cast<linear_kind>(i))) + " is " +
+             std::to_string(shapes[static_cast<std::size_t>(i)].first) + " x " +
+             std::to_string(shapes[static_cast<std::size_t>(i)].second) + ", expected " +
+             std::to_string(expected[static_cast<std::size_t>(i)].first) + " x " +
+             std::to_string(expected[static_cast<std::size_t>(i)].second);
+  return {};
+}
+
 struct decoder_layer {
   std::vector<float> input_norm;           ///< RMSNorm weight before attention
   std::vector<float> post_attention_norm;  ///< RMSNorm weight before the MLP
@@ -61,6 +87,14 @@ struct decoder_layer {
   /// The layer as loaded (its f32 weight via weight()), or nullptr once it has been replaced by another kind.
   [[nodiscard]] const dense_linear* dense(linear_kind kind) const {
     return dynamic_cast<const dense_linear*>(linears[static_cast<std::size_t>(kind)].get());
+  }
+  /// out x in of every linear layer.
+  [[nodiscard]] std::array<std::pair<index_t, index_t>, linear_kinds> shapes() const {
+    std::array<std::pair<index_t, index_t>, linear_kinds> out;
+    for (int k = 0; k < linear_kinds; ++k)
+      out[static_cast<std::size_t>(k)] = {linears[static_cast<std::size_t>(k)]->out_features(),
+                                          linears[static_cast<std::size_t>(k)]->in_features()};
+    return out;
   }
 };
 
@@ -120,7 +154,8 @@ class model {
       std::function<result<std::unique_ptr<linear_layer>>(const std::string& name, index_t out, index_t in)>;
 
   /// Builds a model from `cfg` and tensors found by `find`; linear layers come from `make_linear` when given
-  /// (e.g. packed ones from a quantized model file), else dense from `find`. `origin` prefixes error messages.
+  /// (e.g. packed ones from a quantized model file, whose layers may be pruned: pruned_shape_error), else dense
+  /// from `find`. `origin` prefixes error messages.
   static result<model> load(sageptq::io::llama_config cfg, const tensor_lookup& find, const linear_loader& make_linear,
                             const std::string& origin) {
     model m(std::move(cfg));
@@ -164,9 +199,8 @@ class model {
         auto& slot = layer.linears[static_cast<std::size_t>(k)];
         if (make_linear && error.ok()) {
           auto made = make_linear(name, out, in);
-          if (made.ok() && (!*made || (*made)->out_features() != out || (*made)->in_features() != in))
-            made = sageptq::fail(status::malformed_input, origin + ": linear layer \"" + name + "\" is not " +
-                                                              std::to_string(out) + " x " + std::to_string(in));
+          if (made.ok() && !*made)
+            made = sageptq::fail(status::malformed_input, origin + ": linear layer \"" + name + "\" is missing");
           if (made.ok()) slot = std::move(made).value();
           else error = made.as_outcome();
           continue;
@@ -174,6 +208,8 @@ class model {
         auto w = load_tensor(name, {out, in});
         if (error.ok()) slot = std::make_unique<dense_linear>(out, in, std::move(w));
       }
+      if (std::string wrong; error.ok() && !(wrong = pruned_shape_error(c, layer.shapes())).empty())
+        error = sageptq::fail(status::malformed_input, origin + ": layer " + std::to_string(l) + ": " + wrong);
     }
     if (!error.ok()) return error;
     return m;
@@ -189,6 +225,22 @@ class model {
     SAGEPTQ_ASSERT(replacement && replacement->in_features() == slot->in_features() &&
                    replacement->out_features() == slot->out_features());
     slot = std::move(replacement);
+  }
+
+  /// Swaps all seven linear layers of layer `l` with `linears` (which then hold the previous ones), e.g. to run a
+  /// pruned and quantized layer and restore the original after. invalid_shape (and nothing swapped) unless the
+  /// new shapes pass pruned_shape_error. Caches keep their size: a pruned layer uses a prefix of its block.
+  sageptq::outcome swap_layer_linears(index_t l, std::array<std::unique_ptr<linear_layer>, linear_kinds>& linears) {
+    std::array<std::pair<index_t, index_t>, linear_kinds> shapes;
+    for (int k = 0; k < linear_kinds; ++k) {
+      const auto& in = linears[static_cast<std::size_t>(k)];
+      if (!in) return sageptq::fail(status::invalid_shape, "swap_layer_linears: a linear layer is null");
+      shapes[static_cast<std::size_t>(k)] = {in->out_features(), in->in_features()};
+    }
+    if (const std::string wrong = pruned_shape_error(cfg_, shapes); !wrong.empty())
+      return sageptq::fail(status::invalid_shape, "layer " + std::to_string(l) + ": " + wrong);
+    std::swap(layers_[static_cast<std::size_t>(l)].linears, linears);
+    return {};
   }
 
   /// hidden (tokens.size() x hidden_size) = the embeddings of `tokens` (ids below vocab_size).
@@ -288,8 +340,10 @@ class model {
     const decoder_layer& layer = layers_[static_cast<std::size_t>(l)];
     const auto sequences = static_cast<index_t>(caches.size());
     const index_t rows = hidden.rows(), length = rows / sequences;
-    const index_t hd = cfg_.head_dim, heads = cfg_.num_attention_heads, kv_heads = cfg_.num_key_value_heads;
-    const index_t q_dim = heads * hd, kv_dim = kv_heads * hd;
+    // Head and channel counts come from the layer's own shapes: a pruned layer has fewer (pruned_shape_error).
+    const index_t hd = cfg_.head_dim, q_dim = layer.linear(linear_kind::q).out_features();
+    const index_t kv_dim = layer.linear(linear_kind::k).out_features(), heads = q_dim / hd, kv_heads = kv_dim / hd;
+    const index_t channels = layer.linear(linear_kind::gate).out_features();
     SAGEPTQ_ASSERT(length * sequences == rows && start + length <= cfg_.max_position_embeddings);
     SAGEPTQ_ASSERT(std::all_of(caches.begin(), caches.end(), [&](const kv_block* cache) {
       return cache->keys.size() >= static_cast<std::size_t>((start + length) * kv_dim) &&
@@ -361,12 +415,12 @@ class model {
 
     rms_norm(hidden, layer.post_attention_norm, normed, exec);
     std::vector<float> gate_buf, up_buf;
-    const auto gate = rows_of(gate_buf, rows, cfg_.intermediate_size);
-    const auto up = rows_of(up_buf, rows, cfg_.intermediate_size);
+    const auto gate = rows_of(gate_buf, rows, channels);
+    const auto up = rows_of(up_buf, rows, channels);
     apply(linear_kind::gate, normed, gate);
     apply(linear_kind::up, normed, up);
     exec.parallel_for(rows, [&](index_t r) {
-      for (index_t c = 0; c < cfg_.intermediate_size; ++c) {
+      for (index_t c = 0; c < channels; ++c) {
         const float g = gate(r, c);
         gate(r, c) = g / (1.0f + std::exp(-g)) * up(r, c);  // SiLU(gate) * up
       }

@@ -1,7 +1,8 @@
 #pragma once
 /// @file core.hpp
 /// Umbrella header for what needs only the standard library (target sageptq::core): core vocabulary, packed formats,
-/// the CPU GEMV kernels, and the quantizers that need no linear algebra (rtn, q1_0) with their error measure.
+/// the CPU GEMV kernels, the quantizers that need no linear algebra (rtn, q1_0) with their error measure, and TOGA's
+/// decision space, budgeted allocation and search (toga/: an engine supplies the losses and the scores).
 /// sageptq.hpp includes this and adds the stages that need Eigen and nanoflann.
 
 #include "config.hpp"
@@ -33,3 +34,6 @@
 #include "quant/rtn.hpp"
 #include "quant/uniform_grid.hpp"
 #include "synthetic/layer.hpp"
+#include "toga/allocate.hpp"
+#include "toga/decision.hpp"
+#include "toga/search.hpp"
