@@ -138,6 +138,15 @@ TEST_CASE("cli: sage beats q1_0 at no more full bpw on stories260k") {
   const eval_line sage_eval = eval({"--quantized", (dir / "sage.st").string()});
   CHECK(sage_eval.full_bpw <= q1_eval.full_bpw);
   CHECK(sage_eval.ppl < q1_eval.ppl);
+
+  // ... and stays within 5% of the value recorded in the bench results (a default that changes it must re-record).
+  const std::filesystem::path recorded_file = std::filesystem::path(SAGEPTQ_SOURCE_DIR) / "bench/results/ci_reference.json";
+  std::ifstream in(recorded_file);
+  REQUIRE_MESSAGE(in.good(), "missing " << recorded_file);
+  const auto recorded = nlohmann::json::parse(in).at("stories260k_sage_at_q1_0_bpw");
+  CHECK(std::abs(sage_eval.ppl / recorded.at("ppl").get<double>() - 1) <= 0.05);
+  CHECK(std::abs(sage_eval.full_bpw - recorded.at("full_bpw").get<double>()) <= 1e-3);
+  CHECK(std::abs(q1_eval.ppl / recorded.at("q1_0_ppl").get<double>() - 1) <= 1e-3);
 }
 
 TEST_CASE("cli: options that do not apply and bad input are errors with a clear message") {

@@ -128,16 +128,51 @@ TEST_CASE("sage: the adaptive search is no worse than any single fixed threshold
   }
 }
 
+TEST_CASE("sage: salient channels compensated last, with grids fitted on the compensated weights") {
+  for (int seed = 0; seed < 6; ++seed) {
+    const auto c = make_calibrated(48, 160, 200 + static_cast<std::uint64_t>(seed));
+    pipeline::sage_config cfg;
+    cfg.target_bpw = 0;
+    cfg.group_grid = {2};
+    cfg.sigma_grid = {};
+    cfg.fraction_grid = {0.1};
+    cfg.salient_bits_grid = {3};
+    cfg.screened_candidates = 1000;
+    const auto run = [&](pipeline::sage_order order, bool act_order) {
+      pipeline::sage_config k = cfg;
+      k.order = order;
+      k.act_order = act_order;
+      auto q = pipeline::quantize_sage(c.layer.weight_view(), c.factor, k);
+      REQUIRE(q.ok());
+      // Whatever the order, the reported error is that of what is stored, in the calibration metric.
+      const double err = calib::hessian_weighted_error(c.layer.weight_view(), q->dequantized_view(), c.factor.h);
+      CHECK(err == doctest::Approx(q->report.hessian_error).epsilon(1e-9));
+      return q->report;
+    };
+    const auto natural = run(pipeline::sage_order::natural, false);
+    const auto last = run(pipeline::sage_order::salient_last, false);
+    REQUIRE(last.salient_fraction > 0);
+    CHECK(last.bits.full_bits() == natural.bits.full_bits());
+    // Measured: salient last raises these layers' calibrated error by 1-17%, yet lowered gutenberg-llama-20m's
+    // val perplexity at 1.5 bpw from 57.8 to 51.0 (sage.hpp): the order is chosen on perplexity, not this metric.
+    CHECK(last.hessian_error < 1.25 * natural.hessian_error);
+    (void)run(pipeline::sage_order::salient_last, true);
+  }
+}
+
 TEST_CASE("sage: packed bytes are identical across runs and thread counts") {
   const auto c = make_calibrated(40, 160, 4);
-  pipeline::sage_config cfg;
-  cfg.target_bpw = 0;
-  auto a = pipeline::quantize_sage(c.layer.weight_view(), c.factor, cfg, inline_executor{});
-  auto b = pipeline::quantize_sage(c.layer.weight_view(), c.factor, cfg, thread_executor(3));
-  REQUIRE(a.ok());
-  REQUIRE(b.ok());
-  CHECK(format::serialize(a->packed) == format::serialize(b->packed));
-  CHECK(a->dequantized == b->dequantized);
+  for (bool act_order : {false, true}) {
+    pipeline::sage_config cfg;
+    cfg.target_bpw = 0;
+    cfg.act_order = act_order;
+    auto a = pipeline::quantize_sage(c.layer.weight_view(), c.factor, cfg, inline_executor{});
+    auto b = pipeline::quantize_sage(c.layer.weight_view(), c.factor, cfg, thread_executor(3));
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK(format::serialize(a->packed) == format::serialize(b->packed));
+    CHECK(a->dequantized == b->dequantized);
+  }
 }
 
 TEST_CASE("sage: bad inputs give a clear status and no value") {

@@ -82,7 +82,8 @@ uniform_grid fit_uniform_grid(const strided_view<T, 1, S>& x, const uniform_conf
     const auto p = static_cast<float>(1.0 - static_cast<double>(i) / cfg.search.grid);
     const uniform_grid g = fit_minmax_grid(p * lo, p * hi, cfg.bits, cfg.symmetric);
     double err = 0;
-    for (index_t j = 0; j < x.size(); ++j) {
+    // The terms are >= 0, so a partial sum at best_err already loses: stop there (same choice, fewer powf).
+    for (index_t j = 0; j < x.size() && err < best_err; ++j) {
       const float v = to_float(x(j));
       err += std::pow(std::fabs(g.quantize(v) - v), norm);
     }
