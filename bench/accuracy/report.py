@@ -37,6 +37,13 @@ STYLE = {"rtn": ("#7f7f7f", "x"), "q1_0": ("#8c564b", "d"), "billm": ("#d62728",
          "toga": ("#ff7f0e", "d")}
 
 
+
+def short_machine(label):
+    """'vm (AMD EPYC, 2 cpus)' -> 'vm, 2 cpus': host names alone do not tell machines apart (the device is also 'vm')."""
+    name, _, rest = label.partition(" (")
+    cpus = rest.rstrip(")").rsplit(", ", 1)[-1] if rest else ""
+    return name + (", " + cpus if cpus.endswith("cpus") else "")
+
 def family(config):
     """The chart series of a configuration (run.py's names)."""
     if config.startswith("gptq"):
@@ -125,7 +132,7 @@ def markdown(rows):
                 s = summary(runs, evals[0])
                 ratio = s[0] / fp[evals[0]][0] if s else None
                 cells.append("–" if ratio is None else "%.*f" % (2 if ratio < 10 else 1 if ratio < 100 else 0, ratio))
-            secs = [(r["quantize"]["seconds"], r["quantize"]["machine"].split(" (")[0]) for r in runs
+            secs = [(r["quantize"]["seconds"], short_machine(r["quantize"]["machine"])) for r in runs
                     if "seconds" in r.get("quantize", {})]
             cells.append("%.0f (%s)" % (statistics.fmean(t for t, _ in secs), "/".join(sorted({m for _, m in secs})))
                          if secs else "–")
