@@ -121,6 +121,43 @@ TEST_CASE("MSE range search: fp16 scale rounding costs a negligible error, and t
   }
 }
 
+TEST_CASE("range search kernel: pow_nonneg and range_error against std::pow on fresh random inputs") {
+  random_generator rng(21);
+  double worst = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const auto e = static_cast<float>(std::ldexp(1.0 + rng.uniform(), static_cast<int>(rng.uniform() * 60) - 50));
+    const auto p = static_cast<float>(0.5 + 3.5 * rng.uniform());
+    const double ref = std::pow(static_cast<double>(e), static_cast<double>(p));
+    if (ref < 1e-36) continue;
+    worst = std::max(worst, std::abs(quant::detail::pow_nonneg(e, p) - ref) / ref);
+  }
+  CAPTURE(worst);
+  CHECK(worst < 1e-5);
+  CHECK(quant::detail::pow_nonneg(0.0f, 2.4f) == 0.0f);
+  CHECK(quant::detail::pow_nonneg(1e-35f, 2.4f) == 0.0f);
+  CHECK(quant::detail::pow_nonneg(1.0f, 2.4f) == doctest::Approx(1.0).epsilon(1e-6));
+
+  // range_error: the sum of |q - x|^norm with uniform_grid::quantize's codes, for ragged lengths and scale 0.
+  for (index_t n : {index_t{1}, index_t{7}, index_t{255}, index_t{256}, index_t{1000}}) {
+    const auto x = heavy_tailed(1, n, static_cast<std::uint64_t>(100 + n));
+    for (float shrink : {1.0f, 0.6f, 0.25f}) {
+      const quant::uniform_grid g = quant::fit_minmax_grid(-0.05f * shrink, 0.04f * shrink, 3, false);
+      double ref = 0;
+      for (float v : x) ref += std::pow(std::abs(static_cast<double>(g.quantize(v)) - v), 2.4);
+      const double got = quant::detail::range_error(x, g, 2.4f, std::numeric_limits<double>::infinity());
+      CAPTURE(n);
+      CAPTURE(shrink);
+      CHECK(got == doctest::Approx(ref).epsilon(1e-5));
+      // A bound below the error stops early with a partial sum that already reaches it.
+      if (n > 256) CHECK(quant::detail::range_error(x, g, 2.4f, ref * 0.01) >= ref * 0.01);
+    }
+    double zero_ref = 0;
+    for (float v : x) zero_ref += std::pow(std::abs(static_cast<double>(v)), 2.4);
+    CHECK(quant::detail::range_error(x, quant::uniform_grid{}, 2.4f, std::numeric_limits<double>::infinity()) ==
+          doctest::Approx(zero_ref).epsilon(1e-5));
+  }
+}
+
 TEST_CASE("uniform quantizer: codes, thread invariance and bad input") {
   const index_t rows = 40, cols = 100;
   auto w = heavy_tailed(rows, cols, 13);
