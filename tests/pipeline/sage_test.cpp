@@ -116,6 +116,7 @@ TEST_CASE("sage: the adaptive search is no worse than any single fixed threshold
   pipeline::sage_config adaptive;
   adaptive.target_bpw = 1.3;
   adaptive.screened_candidates = 1000;  // exhaustive: every candidate is quantized in full
+  adaptive.refit_candidates = 0;        // and refitted
   auto best = pipeline::quantize_sage(c.layer.weight_view(), c.factor, adaptive);
   REQUIRE(best.ok());
   for (double t : adaptive.sigma_grid) {
@@ -126,6 +127,32 @@ TEST_CASE("sage: the adaptive search is no worse than any single fixed threshold
     REQUIRE(q.ok());
     CHECK(best->report.hessian_error <= q->report.hessian_error * (1 + 1e-9));
   }
+}
+
+TEST_CASE("sage: refitting more candidates can only lower the error; one candidate per salient set or not") {
+  for (int seed = 0; seed < 4; ++seed) {
+    const auto c = make_calibrated(96, 256, 300 + static_cast<std::uint64_t>(seed));
+    pipeline::sage_config cfg;
+    cfg.target_bpw = 1.3;
+    cfg.screened_candidates = 12;
+    const auto error = [&](int refit_candidates) {
+      pipeline::sage_config k = cfg;
+      k.refit_candidates = refit_candidates;
+      auto q = pipeline::quantize_sage(c.layer.weight_view(), c.factor, k);
+      REQUIRE(q.ok());
+      const double err = calib::hessian_weighted_error(c.layer.weight_view(), q->dequantized_view(), c.factor.h);
+      CHECK(err == doctest::Approx(q->report.hessian_error).epsilon(1e-9));
+      return q->report.hessian_error;
+    };
+    const double all = error(0), two = error(2), one = error(1);
+    CAPTURE(seed);
+    CHECK(all <= two * (1 + 1e-12));
+    CHECK(two <= one * (1 + 1e-12));
+  }
+  pipeline::sage_config bad;
+  bad.refit_candidates = -1;
+  const auto c = make_calibrated(16, 64, 1);
+  CHECK(pipeline::quantize_sage(c.layer.weight_view(), c.factor, bad).code() == status::invalid_argument);
 }
 
 TEST_CASE("sage: salient channels compensated last, with grids fitted on the compensated weights") {

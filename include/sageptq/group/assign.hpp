@@ -231,17 +231,19 @@ result<grouping> fit(const column_groups& policy, const Weights& weights, const 
   for (int it = 0; it < policy.iterations; ++it) {
     // Column step: the least-squares scale of each column given α, then the optimal 1-D partition of those scales
     // (a column's cost of taking scale β is ω_c (β_c − β)² + const, ω_c = Σ_r α_r²).
-    for (index_t c = 0; c < cols; ++c) {
-      double num = 0, den = 0;
-      for (index_t r = 0; r < rows; ++r)
+    // Rows outer, so that a row-major matrix is read in order; each column's sums still run over r in order.
+    std::fill(beta_col.begin(), beta_col.end(), 0.0);  // the numerators, until divided below
+    std::fill(col_weight.begin(), col_weight.end(), 0.0);
+    for (index_t r = 0; r < rows; ++r) {
+      const double ar = alpha[static_cast<std::size_t>(r)];
+      for (index_t c = 0; c < cols; ++c)
         if (const double a = at(r, c); a >= 0) {
-          const double ar = alpha[static_cast<std::size_t>(r)];
-          num += ar * a;
-          den += ar * ar;
+          beta_col[static_cast<std::size_t>(c)] += ar * a;
+          col_weight[static_cast<std::size_t>(c)] += ar * ar;
         }
-      beta_col[static_cast<std::size_t>(c)] = den > 0 ? num / den : 0.0;
-      col_weight[static_cast<std::size_t>(c)] = den;
     }
+    for (std::size_t c = 0; c < beta_col.size(); ++c)
+      beta_col[c] = col_weight[c] > 0 ? beta_col[c] / col_weight[c] : 0.0;
     for (index_t c = 0; c < cols; ++c) order[static_cast<std::size_t>(c)] = c;
     std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) {
       return beta_col[static_cast<std::size_t>(a)] < beta_col[static_cast<std::size_t>(b)];
