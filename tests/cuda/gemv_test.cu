@@ -364,6 +364,23 @@ void check_rtn_detection(index_t batch) {
   }
 }
 
+/// One fused call over the `count` matrices make(0), make(1), ...: the worst error/tolerance of its outputs.
+template <class Fused, class Device, class Make>
+double run_fused_matrices(std::size_t count, index_t cols, index_t batch, std::uint64_t seed, double u_in, Make make) {
+  using matrix = decltype(make(std::size_t{0}));
+  std::vector<matrix> ms;
+  std::vector<std::unique_ptr<Device>> ds;
+  typename Fused::arguments args;
+  for (std::size_t i = 0; i < count; ++i) {
+    ms.push_back(make(i));
+    ds.push_back(std::make_unique<Device>(ms.back()));
+    args.weights[i] = ds.back()->view;
+  }
+  std::vector<decltype(ms.front().view())> views;
+  for (const auto& m : ms) views.push_back(m.view());
+  return run_fused<Fused>(views, args, cols, batch, seed, u_in);
+}
+
 /// Fused calls (2 and 3 matrices of different rows sharing x) of every format, each output against its own reference.
 template <class Act, class Out>
 void check_fused(bool quick) {
@@ -379,50 +396,25 @@ void check_fused(bool quick) {
         for (index_t cols : {index_t{172}, index_t{8300}}) {
           const std::vector<t::sage_case> cases = {{37, cols, 3, 3, 4, false, 11}, {130, cols, 0, 2, 4, false, 12},
                                                    {64, cols, 5, 4, 8, true, 13}};
-          std::vector<sp::format::sage_matrix> ms;
-          std::vector<std::unique_ptr<device_sage>> ds;
-          std::vector<sp::format::sage_view<sp::host_space>> views;
-          using op = g::fused_gemv<g::sage_gemv<Act, Out>>;
-          typename op::arguments args;
-          for (std::size_t i = 0; i < count; ++i) {
-            ms.push_back(t::random_sage(cases[i]));
-            ds.push_back(std::make_unique<device_sage>(ms.back()));
-            args.weights[i] = ds.back()->view;
-          }
-          for (const auto& m : ms) views.push_back(m.view());
           report("sage " + std::to_string(cols) + " cols", count, batch,
-                 run_fused<op>(views, args, cols, batch, seed, binary_roundoff<Act>()));
+                 run_fused_matrices<g::fused_gemv<g::sage_gemv<Act, Out>>, device_sage>(
+                     count, cols, batch, seed, binary_roundoff<Act>(), [&](std::size_t i) {
+                       return t::random_sage(cases[i]);
+                     }));
         }
       }
-      {  // q1_0: one fold for all
-        std::vector<sp::format::q1_0_matrix> ms;
-        std::vector<std::unique_ptr<device_q1_0>> ds;
-        std::vector<sp::format::q1_0_view<sp::host_space>> views;
-        using op = g::fused_gemv<g::q1_0_gemv<Act, Out>>;
-        typename op::arguments args;
-        for (std::size_t i = 0; i < count; ++i) {
-          ms.push_back(t::random_q1_0(static_cast<index_t>(40 + 50 * i), 384, 20 + i));
-          ds.push_back(std::make_unique<device_q1_0>(ms.back()));
-          args.weights[i] = ds.back()->view;
-        }
-        for (const auto& m : ms) views.push_back(m.view());
-        report("q1_0", count, batch, run_fused<op>(views, args, 384, batch, seed, binary_roundoff<Act>()));
-      }
-      {  // rtn: one code width, groups may differ
-        const sp::format::rtn_layout layouts[3] = {{4, 64, false}, {4, 1000, true}, {4, 32, false}};
-        std::vector<sp::format::rtn_matrix> ms;
-        std::vector<std::unique_ptr<device_rtn>> ds;
-        std::vector<sp::format::rtn_view<sp::host_space>> views;
-        using op = g::fused_gemv<g::rtn_gemv<Act, Out>>;
-        typename op::arguments args;
-        for (std::size_t i = 0; i < count; ++i) {
-          ms.push_back(t::random_rtn(static_cast<index_t>(37 + 40 * i), 172, layouts[i], 30 + i));
-          ds.push_back(std::make_unique<device_rtn>(ms.back()));
-          args.weights[i] = ds.back()->view;
-        }
-        for (const auto& m : ms) views.push_back(m.view());
-        report("rtn", count, batch, run_fused<op>(views, args, 172, batch, seed, 0.0));
-      }
+      // q1_0: one fold for all
+      report("q1_0", count, batch,
+             run_fused_matrices<g::fused_gemv<g::q1_0_gemv<Act, Out>>, device_q1_0>(
+                 count, 384, batch, seed, binary_roundoff<Act>(),
+                 [](std::size_t i) { return t::random_q1_0(static_cast<index_t>(40 + 50 * i), 384, 20 + i); }));
+      // rtn: one code width, groups may differ
+      const sp::format::rtn_layout layouts[3] = {{4, 64, false}, {4, 1000, true}, {4, 32, false}};
+      report("rtn", count, batch,
+             run_fused_matrices<g::fused_gemv<g::rtn_gemv<Act, Out>>, device_rtn>(
+                 count, 172, batch, seed, 0.0, [&](std::size_t i) {
+                   return t::random_rtn(static_cast<index_t>(37 + 40 * i), 172, layouts[i], 30 + i);
+                 }));
     }
 }
 

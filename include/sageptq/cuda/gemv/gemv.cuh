@@ -285,6 +285,17 @@ struct rtn_gemv_impl {
 
 }  // namespace detail
 
+/// Arguments of one call y = W x of any format's GEMV (`Weights`: the format's device view).
+template <class Weights, class Act, class Out>
+struct gemv_arguments {
+  Weights weights;
+  const Act* x = nullptr;  ///< batch x cols, x_stride elements between activation rows
+  index_t x_stride = 0;
+  Out* y = nullptr;        ///< batch x rows, y_stride elements between output rows
+  index_t y_stride = 0;
+  index_t batch = 1;
+};
+
 template <class Op>
 class fused_gemv;
 
@@ -298,14 +309,7 @@ class sage_gemv {
   using weights_type = format::sage_view<device_space>;
   using activation_type = Act;
   using output_type = Out;
-  struct arguments {
-    weights_type weights;
-    const Act* x = nullptr;  ///< batch x cols, x_stride elements between activation rows
-    index_t x_stride = 0;
-    Out* y = nullptr;        ///< batch x rows, y_stride elements between output rows
-    index_t y_stride = 0;
-    index_t batch = 1;
-  };
+  using arguments = gemv_arguments<weights_type, Act, Out>;
 
   static outcome can_implement(const arguments& a) {
     const auto& s = a.weights.shape;
@@ -346,14 +350,7 @@ class q1_0_gemv {
   using weights_type = format::q1_0_view<device_space>;
   using activation_type = Act;
   using output_type = Out;
-  struct arguments {
-    weights_type weights;
-    const Act* x = nullptr;
-    index_t x_stride = 0;
-    Out* y = nullptr;
-    index_t y_stride = 0;
-    index_t batch = 1;
-  };
+  using arguments = gemv_arguments<weights_type, Act, Out>;
 
   static outcome can_implement(const arguments& a) {
     return impl::check(detail::q1_0_rows{a.weights}, a.x, a.weights.cols, a.x_stride, a.y, a.y_stride, a.batch);
@@ -389,14 +386,7 @@ class rtn_gemv {
   using weights_type = format::rtn_view<device_space>;
   using activation_type = Act;
   using output_type = Out;
-  struct arguments {
-    weights_type weights;
-    const Act* x = nullptr;
-    index_t x_stride = 0;
-    Out* y = nullptr;
-    index_t y_stride = 0;
-    index_t batch = 1;
-  };
+  using arguments = gemv_arguments<weights_type, Act, Out>;
 
   static outcome can_implement(const arguments& a) {
     const auto& w = a.weights;
