@@ -67,6 +67,21 @@ __global__ void stream_read(const uint4* p, std::size_t n, unsigned* sink) {
   if (acc == 0x12345678u) *sink = acc;  // never true in practice; keeps the loads alive
 }
 
+/// Our scalar path on the GPU: one thread per row, every weight decoded through the format view's accessors (the
+/// arithmetic of the CPU reference; no tiling, no tensor cores): the baseline the tuned kernel is measured against.
+__global__ void sage_scalar_gemv(sp::format::sage_view<sp::device_space> w, const __half* x, index_t cols, float* y,
+                                 index_t rows, int batch) {
+  const index_t r = blockIdx.x * index_t{blockDim.x} + threadIdx.x;
+  if (r >= rows) return;
+  float acc[8] = {};
+  for (index_t j = 0; j < cols; ++j) {
+    const float v = w.stored_value(r, j);
+    const index_t c = w.source_column(j);
+    for (int b = 0; b < batch; ++b) acc[b] += v * __half2float(x[b * cols + c]);
+  }
+  for (int b = 0; b < batch; ++b) y[b * rows + r] = acc[b];
+}
+
 /// Median time of one launch: a graph of `launches` calls of launch(i) replayed 15 times.
 double time_us(int launches, const std::function<void(int, cudaStream_t)>& launch, cudaStream_t s) {
   for (int i = 0; i < 3; ++i) launch(i, s);  // warm up (module load, cuBLAS heuristics) outside the graph
@@ -199,6 +214,13 @@ struct rtn_copies {
   ~rtn_copies() { for (auto p : buffers) cudaFree(p); }
 };
 
+/// The weight copies of each matrix of a fused call: views(i, k) is copy i of matrix k.
+template <class Copies>
+struct fused_copies {
+  std::vector<std::unique_ptr<Copies>> per_matrix;
+  auto views(int i, std::size_t k) const { return per_matrix[k]->views[static_cast<std::size_t>(i)]; }
+};
+
 int copies_for(std::size_t bytes) {
   return static_cast<int>(std::max<std::size_t>(2, (rotation_bytes + bytes - 1) / bytes));
 }
@@ -260,12 +282,8 @@ std::string bench_fused(const std::string& label, const std::vector<index_t>& ro
       ms.push_back(bench_sage(r, cols));
       bytes += sp::format::serialize(ms.back()).size();
     }
-    struct set {
-      std::vector<std::unique_ptr<sage_copies>> per_matrix;
-      sp::format::sage_view<sp::device_space> views(int i, std::size_t k) const { return per_matrix[k]->views[i]; }
-    };
     run_format("sage", std::type_identity<g::sage_gemv<__half, float>>{}, [&](int sets) {
-      set st;
+      fused_copies<sage_copies> st;
       for (std::size_t k = 0; k < count; ++k) st.per_matrix.push_back(std::make_unique<sage_copies>(ms[k], sets, 300u + 50 * k));
       return st;
     }, bytes);
@@ -273,12 +291,8 @@ std::string bench_fused(const std::string& label, const std::vector<index_t>& ro
   {
     std::size_t bytes = 0;
     for (auto r : rows) bytes += q1_0_copies(r, cols, 0, 0).bytes;
-    struct set {
-      std::vector<std::unique_ptr<q1_0_copies>> per_matrix;
-      sp::format::q1_0_view<sp::device_space> views(int i, std::size_t k) const { return per_matrix[k]->views[i]; }
-    };
     run_format("q1_0", std::type_identity<g::q1_0_gemv<__half, float>>{}, [&](int sets) {
-      set st;
+      fused_copies<q1_0_copies> st;
       for (std::size_t k = 0; k < count; ++k) st.per_matrix.push_back(std::make_unique<q1_0_copies>(rows[k], cols, sets, 400u + 50 * k));
       return st;
     }, bytes);
@@ -286,12 +300,8 @@ std::string bench_fused(const std::string& label, const std::vector<index_t>& ro
   {
     std::size_t bytes = 0;
     for (auto r : rows) bytes += rtn_copies(r, cols, 0, 0).bytes;
-    struct set {
-      std::vector<std::unique_ptr<rtn_copies>> per_matrix;
-      sp::format::rtn_view<sp::device_space> views(int i, std::size_t k) const { return per_matrix[k]->views[i]; }
-    };
     run_format("rtn 4-bit g128", std::type_identity<g::rtn_gemv<__half, float>>{}, [&](int sets) {
-      set st;
+      fused_copies<rtn_copies> st;
       for (std::size_t k = 0; k < count; ++k) st.per_matrix.push_back(std::make_unique<rtn_copies>(rows[k], cols, sets, 500u + 50 * k));
       return st;
     }, bytes);
@@ -320,8 +330,8 @@ int main(int argc, char** argv) {
   std::string out = card +
                     "| rows x cols | batch | sage run() us | run() without PDL us | GEMV kernel only us | weight GB/s | "
                     "% of floor | floor us | cuBLAS fp16 us | vs cuBLAS | q1_0 run() us | full bpw | rtn4 g128 run() us | "
-                    "rtn4 GB/s | rtn4 % of its floor |\n"
-                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+                    "rtn4 GB/s | rtn4 % of its floor | sage scalar path us | run() vs scalar |\n"
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
   const std::string mode = argc > 2 ? argv[2] : "";
   const bool profile = mode == "profile";  // one run() of 8192 x 28672, batch 1, for ncu
   std::vector<std::pair<index_t, index_t>> shapes = {{4096, 4096},  {11008, 4096}, {4096, 11008}, {14336, 4096},
@@ -393,6 +403,11 @@ int main(int argc, char** argv) {
         const auto p = problem(i);
         (void)impl::launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
       }, s);
+      // Few launches: the scalar path is ~2-3 orders of magnitude slower.
+      const double scalar_us = time_us(4, [&](int i, cudaStream_t st) {
+        sage_scalar_gemv<<<static_cast<unsigned>((rows + 127) / 128), 128, 0, st>>>(sage.views[i % copies], x, cols, y,
+                                                                                     rows, static_cast<int>(batch));
+      }, s);
       const float one = 1.0f, zero = 0.0f;
       const double blas_us = time_us(std::max(64, dcopies), [&](int i, cudaStream_t) {
         cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(rows), static_cast<int>(batch), static_cast<int>(cols),
@@ -407,14 +422,15 @@ int main(int argc, char** argv) {
         if (auto ok = rtn_op::run({rtn.views[i % rcopies], x, cols, y, rows, batch}, nullptr, st); !ok)
           std::printf("%s\n", ok.message().c_str());
       }, s);
-      char line[640];
+      char line[768];
       std::snprintf(line, sizeof line,
                     "| %lld x %lld | %lld | %.2f | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2f | %.1fx | %.2f | %.3f | "
-                    "%.2f | %.0f | %.0f%% |\n",
+                    "%.2f | %.0f | %.0f%% | %.0f | %.0fx |\n",
                     static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(batch), run_us,
                     serial_us, kernel_us, static_cast<double>(n_bytes) / run_us / 1e3, 100.0 * floor_us / run_us,
                     floor_us, blas_us, blas_us / run_us, q_us, bpw, rtn_us,
-                    static_cast<double>(rtn.bytes) / rtn_us / 1e3, 100.0 * rtn_floor_us / rtn_us);
+                    static_cast<double>(rtn.bytes) / rtn_us / 1e3, 100.0 * rtn_floor_us / rtn_us, scalar_us,
+                    scalar_us / run_us);
       std::printf("%s", line);
       std::fflush(stdout);
       out += line;
