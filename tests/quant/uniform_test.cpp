@@ -183,6 +183,8 @@ TEST_CASE("uniform quantizer: codes, thread invariance and bad input") {
   CHECK(quant::quantize_uniform(wv, {9, 0, false, false, {}}).code() == status::invalid_argument);
   CHECK(quant::quantize_uniform(wv, {2, -1, false, false, {}}).code() == status::invalid_argument);
   CHECK(quant::quantize_uniform(wv, {2, 0, false, true, {0, 0.8, 2.4}}).code() == status::invalid_argument);
+  CHECK(quant::quantize_uniform(wv, {2, 0, false, true, {100, 0.8, 17.0}}).code() == status::invalid_argument);
+  CHECK(quant::quantize_uniform(wv, {2, 0, false, true, {100, 0.8, 16.0}}).ok());
   CHECK(quant::quantize_uniform(make_matrix_view(w.data(), 0, cols), cfg).code() == status::invalid_shape);
   w[5] = std::nanf("");
   CHECK(quant::quantize_uniform(wv, cfg).code() == status::non_finite_input);

@@ -59,15 +59,16 @@ inline outcome check_uniform_config(const uniform_config& cfg) {
     return fail(status::invalid_argument, "uniform bits must be in [1, 8], got " + std::to_string(cfg.bits));
   if (cfg.group_size < 0)
     return fail(status::invalid_argument, "uniform group_size must be >= 0, got " + std::to_string(cfg.group_size));
-  if (cfg.mse &&
-      (cfg.search.grid < 1 || !(cfg.search.max_shrink > 0 && cfg.search.max_shrink <= 1) || !(cfg.search.norm > 0)))
-    return fail(status::invalid_argument, "range search needs grid >= 1, max_shrink in (0, 1] and norm > 0");
+  // norm <= 16 keeps exp2's argument in range (detail::pow_nonneg); GPTQ uses 2.4.
+  if (cfg.mse && (cfg.search.grid < 1 || !(cfg.search.max_shrink > 0 && cfg.search.max_shrink <= 1) ||
+                  !(cfg.search.norm > 0 && cfg.search.norm <= 16)))
+    return fail(status::invalid_argument, "range search needs grid >= 1, max_shrink in (0, 1] and norm in (0, 16]");
   return {};
 }
 
 namespace detail {
 
-/// e^p for e >= 0 and p > 0, as exp2(p · log2 e) with polynomials only, so that loops over it vectorize (a call to
+/// e^p for e >= 0 and 0 < p <= 16, as exp2(p · log2 e) with polynomials only, so that loops over it vectorize (a call to
 /// std::pow keeps the range search scalar: it was most of GPTQ's time). Relative error below 1e-5 over the range the
 /// search meets; 0 for e below 2^-100, and results below 2^-126 are 2^-126 (both far below any error that can decide
 /// between two grids).
