@@ -81,7 +81,7 @@ def configurations():
 CONFIGS = configurations()
 CALIBRATED = {name for name, (method, _) in CONFIGS.items() if method not in (None, "rtn", "q1_0")}
 # Headline rows: run with every seed of --seeds (the others with the first seed only).
-HEADLINE = {"billm", "gptq2", "septq2", "sage@1.1", "sage@1.5", "sage@2"}
+HEADLINE = {"billm", "gptq2", "septq2", "sage@1.1", "sage@1.5", "sage@2", "toga@1.1"}
 GROUPS = {"all": list(CONFIGS),
           "baselines": [c for c in CONFIGS if not c.startswith(("sage", "toga"))],
           "reference": ["billm", "gptq2", "gptq3", "septq2", "septq3"],
