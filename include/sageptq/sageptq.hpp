@@ -20,6 +20,7 @@
 #include "saliency/split.hpp"
 
 #include "pipeline/calibrate.hpp"
+#include "pipeline/column_runs.hpp"
 #include "pipeline/compose.hpp"
 #include "pipeline/quantize_matrix.hpp"
 

@@ -1,6 +1,9 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <sageptq/calib/hessian.hpp>
@@ -294,4 +297,86 @@ TEST_CASE("hessian_weighted_error equals tr((W - Q) H (W - Q)^T) computed with p
   CHECK(calib::hessian_weighted_error(wv, qv, h) == doctest::Approx(ref).epsilon(1e-5));
   CHECK(calib::hessian_weighted_error(wv, qv, h, thread_executor(2)) == calib::hessian_weighted_error(wv, qv, h));
   CHECK(calib::hessian_weighted_error(wv, wv, h) == 0.0);
+}
+
+namespace {
+/// A prepared factor of correlated activations (each channel leans on the one before it), column `dead` all zero.
+calib::hessian_factor correlated_factor(index_t rows, index_t cols, index_t dead, bool act_order = false) {
+  auto x = random_rows(rows, cols, 12);
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 1; c < cols; ++c) {
+      auto& v = x[static_cast<std::size_t>(r * cols + c)];
+      v += 0.7f * x[static_cast<std::size_t>(r * cols + c - 1)];
+    }
+  for (index_t r = 0; r < rows; ++r) x[static_cast<std::size_t>(r * cols + dead)] = 0;
+  calib::hessian_accumulator acc(cols);
+  REQUIRE(acc.add_batch(make_matrix_view(x.data(), rows, cols)).ok());
+  calib::prepare_options opt;
+  opt.act_order = act_order;
+  auto f = calib::prepare(acc, opt);
+  REQUIRE(f.ok());
+  return std::move(f).value();
+}
+}  // namespace
+
+TEST_CASE("column_block_factor: the whole range is the factor itself; a block's h' is the Schur complement") {
+  const index_t cols = 90, dead = 37;
+  const auto f = correlated_factor(300, cols, dead);
+  REQUIRE(f.dead_columns == std::vector<index_t>{dead});
+
+  auto whole = calib::column_block_factor(f, 0, cols);
+  REQUIRE(whole.ok());
+  CHECK(whole->u == f.u);
+  CHECK((whole->h - f.h).cwiseAbs().maxCoeff() <= 1e-12 * f.h.cwiseAbs().maxCoeff());
+  CHECK(whole->dead_columns == f.dead_columns);
+  CHECK(whole->damping == f.damping);
+  CHECK(whole->damping_fraction == f.damping_fraction);
+  // The triangular-inverse formula gives f.h back over the whole range too (up to rounding).
+  Eigen::MatrixXd uinv = Eigen::MatrixXd::Identity(cols, cols);
+  f.u.triangularView<Eigen::Upper>().solveInPlace(uinv);
+  CHECK((uinv * uinv.transpose() - f.h).cwiseAbs().maxCoeff() <= 1e-10 * f.h.cwiseAbs().maxCoeff());
+
+  struct block {
+    index_t begin, end;
+    std::vector<index_t> dead;
+  };
+  for (const block& b : {block{0, 30, {}}, block{30, 60, {7}}, block{60, 90, {}}, block{36, 38, {1}}}) {
+    CAPTURE(b.begin);
+    CAPTURE(b.end);
+    auto g = calib::column_block_factor(f, b.begin, b.end);
+    REQUIRE(g.ok());
+    const index_t nb = b.end - b.begin, nl = cols - b.end;
+    CHECK(g->cols() == nb);
+    CHECK(g->u == f.u.block(b.begin, b.begin, nb, nb));
+    CHECK(g->h == g->h.transpose());
+    CHECK(g->dead_columns == b.dead);
+    CHECK(g->damping == f.damping);
+    CHECK(g->perm.size() == static_cast<std::size_t>(nb));
+    for (index_t k = 0; k < nb; ++k) CHECK(g->perm[static_cast<std::size_t>(k)] == k);
+    // H_bb − H_bL H_LL⁻¹ H_Lb from the damped H, with a general solver.
+    Eigen::MatrixXd schur = f.h.block(b.begin, b.begin, nb, nb);
+    if (nl > 0)
+      schur -= f.h.block(b.begin, b.end, nb, nl) *
+               f.h.block(b.end, b.end, nl, nl).llt().solve(f.h.block(b.end, b.begin, nl, nb));
+    CHECK((g->h - schur).cwiseAbs().maxCoeff() <= 1e-9 * schur.cwiseAbs().maxCoeff());
+    // The conditioning is not a no-op: a block followed by correlated columns has h' below H_bb.
+    if (nl > 0) CHECK((f.h.block(b.begin, b.begin, nb, nb) - g->h).trace() > 0.01 * schur.trace());
+    CHECK((g->u.transpose() * g->u * g->h - Eigen::MatrixXd::Identity(nb, nb)).cwiseAbs().maxCoeff() < 1e-9);
+  }
+}
+
+TEST_CASE("column_block_factor rejects act order and empty or out-of-range blocks") {
+  const auto f = correlated_factor(200, 40, 5);
+  for (auto [b, e] : {std::pair<index_t, index_t>{0, 0}, {10, 10}, {12, 11}, {-1, 5}, {30, 41}, {40, 40}}) {
+    CAPTURE(b);
+    CAPTURE(e);
+    auto g = calib::column_block_factor(f, b, e);
+    CHECK(g.code() == status::invalid_argument);
+    CHECK_FALSE(g.has_value());
+  }
+  const auto act = correlated_factor(200, 40, 5, true);
+  REQUIRE_FALSE(std::is_sorted(act.perm.begin(), act.perm.end()));  // not the identity order
+  auto g = calib::column_block_factor(act, 0, 40);
+  CHECK(g.code() == status::invalid_argument);
+  CHECK(g.message().find("act order") != std::string::npos);
 }

@@ -9,6 +9,8 @@
 ///    W[:, j]); damping λ = percdamp · mean(diag H) on the diagonal, raised ×10 while the Cholesky factorization
 ///    fails; optional act-order permutation; and U, the upper Cholesky factor of H⁻¹ (H⁻¹ = UᵀU), the matrix GPTQ
 ///    obtains as cholesky(cholesky_inverse(cholesky(H)), upper=True).
+///  - `column_block_factor`: the factor of a block of columns once the columns before it are fixed and those after it
+///    are compensated (block GPTQ, pipeline/column_runs.hpp).
 ///  - `hessian_weighted_error(W, Q, H)` = tr((W−Q) H (W−Q)ᵀ), the calibrated error every stage minimizes.
 ///
 /// Threading: products run over fixed tiles (rows of W, tiles of H, column blocks of U) on the caller's executor;
@@ -16,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -239,6 +242,47 @@ template <executor Exec = inline_executor>
 result<hessian_factor> prepare(const hessian_accumulator& acc, const prepare_options& opt = {}, const Exec& exec = {}) {
   if (acc.samples() == 0) return fail(status::invalid_argument, "no calibration rows were added to the Hessian");
   return prepare(acc.hessian(), opt, exec);
+}
+
+/// The factor of columns [begin, end) conditioned on the columns after them being compensated (GPTQ's view once
+/// every column before `begin` is fixed): u' = u[begin:end, begin:end], h' = (u'^T u')^-1 (the Schur complement
+/// H_bb - H_bL H_LL^-1 H_Lb), dead columns shifted into the block, damping carried over. Needs the identity column
+/// order.
+///
+/// h' = u'⁻¹ u'⁻ᵀ from the triangular inverse of u', symmetrized. For a block that ends at the last column there is
+/// nothing to condition on and h' = H_bb exactly (since H = U⁻¹ U⁻ᵀ with U⁻¹ upper): it is then copied from f.h,
+/// which avoids the inverse's rounding, so that the whole range [0, cols) gives back f itself bit for bit.
+/// @return the block's factor; invalid_argument for an empty range, one outside [0, cols) or an act-order factor;
+///         invalid_shape for a factor whose u or perm does not match h.
+inline result<hessian_factor> column_block_factor(const hessian_factor& f, index_t begin, index_t end) {
+  const index_t n = f.cols();
+  if (f.h.rows() != n || f.u.rows() != n || f.u.cols() != n || std::ssize(f.perm) != n)
+    return fail(status::invalid_shape, "the Hessian factor's h, u and perm do not have the same size");
+  if (begin < 0 || end > n || begin >= end)
+    return fail(status::invalid_argument, "column block [" + std::to_string(begin) + ", " + std::to_string(end) +
+                                              ") is empty or outside [0, " + std::to_string(n) + ")");
+  for (index_t k = 0; k < n; ++k)
+    if (f.perm[static_cast<std::size_t>(k)] != k)
+      return fail(status::invalid_argument, "column_block_factor needs the identity column order; the factor was "
+                                            "prepared in act order");
+  const index_t nb = end - begin;
+  hessian_factor out;
+  out.u = f.u.block(begin, begin, nb, nb);
+  if (end == n) {
+    out.h = f.h.block(begin, begin, nb, nb);
+  } else {
+    Eigen::MatrixXd inv = Eigen::MatrixXd::Identity(nb, nb);
+    out.u.triangularView<Eigen::Upper>().solveInPlace(inv);  // u'⁻¹, upper
+    out.h = inv * inv.transpose();
+  }
+  out.h = 0.5 * (out.h + out.h.transpose()).eval();
+  out.perm.resize(static_cast<std::size_t>(nb));
+  std::iota(out.perm.begin(), out.perm.end(), index_t{0});
+  for (index_t j : f.dead_columns)
+    if (j >= begin && j < end) out.dead_columns.push_back(j - begin);
+  out.damping = f.damping;
+  out.damping_fraction = f.damping_fraction;
+  return out;
 }
 
 /// tr((W−Q) H (W−Q)ᵀ) = Σ_rows e H eᵀ with e = w − q. The products run in float (a report metric, not a quantity
