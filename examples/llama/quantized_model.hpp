@@ -1,7 +1,7 @@
 #pragma once
 // The reference engine and the quantized model file (sageptq/io/quantized_model.hpp): assembling a file from a
 // source checkpoint and the packed matrices of quantize_model(), and loading a file back into a model whose linear
-// layers are packed_linear.
+// layers are packed_linear (a weight stored whole) or column_parts_linear (a weight stored as column parts).
 
 #include <sageptq/io/llama_config.hpp>
 #include <sageptq/io/quantized_model.hpp>
@@ -20,8 +20,8 @@
 namespace llama {
 
 /// A quantized model file's contents for the checkpoint in `model_dir`: its config.json text, its weights'
-/// fingerprint, `packed`, and every source tensor that `packed` does not replace (embeddings, norms, an untied
-/// head), in its dtype. The statuses of read_llama_config and checkpoint::open.
+/// fingerprint, `packed`, and every source tensor that `packed` does not replace, whole or in column parts
+/// (embeddings, norms, an untied head), in its dtype. The statuses of read_llama_config and checkpoint::open.
 inline result<sageptq::io::quantized_model> assemble_quantized_model(const std::filesystem::path& model_dir,
                                                                      std::string method, std::string method_options,
                                                                      std::vector<sageptq::io::quantized_tensor> packed) {
@@ -37,7 +37,7 @@ inline result<sageptq::io::quantized_model> assemble_quantized_model(const std::
   out.packed = std::move(packed);
   for (const auto& file : source->files())
     for (const sageptq::io::tensor& t : file.tensors())
-      if (!out.find_packed(t.name)) out.unquantized.push_back(t);
+      if (out.find_parts(t.name).empty()) out.unquantized.push_back(t);
   return out;
 }
 
@@ -57,9 +57,12 @@ inline result<loaded_quantized_model> load_quantized_model(const std::filesystem
   auto engine = model::load(
       std::move(cfg).value(), [&](std::string_view name) { return f.find_unquantized(name); },
       [&](const std::string& name, index_t, index_t) -> result<std::unique_ptr<linear_layer>> {
-        const sageptq::io::quantized_tensor* t = f.find_packed(name);
-        if (!t) return sageptq::fail(status::malformed_input, path.string() + ": packed tensor \"" + name + "\" is missing");
-        return std::unique_ptr<linear_layer>(std::make_unique<packed_linear>(t->packed));
+        const auto parts = f.find_parts(name);
+        if (parts.empty())
+          return sageptq::fail(status::malformed_input, path.string() + ": packed tensor \"" + name + "\" is missing");
+        auto layer = make_packed_linear(parts);
+        if (!layer.ok()) return sageptq::fail(status::malformed_input, path.string() + ": " + layer.message());
+        return layer;
       },
       path.string());
   if (!engine.ok()) return engine.as_outcome();

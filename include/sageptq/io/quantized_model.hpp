@@ -7,13 +7,17 @@
 ///    "<weight>.<array>", holding the array's little-endian elements (rtn: codes u32, scales f16, zeros u8;
 ///    q1_0: signs u32, scales f16; septq: dense.codes, dense.scales, dense.zeros, kept.row_offsets u32,
 ///    kept.columns u16, kept.values f16; billm: salient, signs, second u32, scales f16);
+///  - a weight stored as column parts (quantized_tensor::columns: input-channel blocks, each in its own format) as
+///    one packed matrix per part, stored as above under the key "<weight>.columns.<begin>" in place of "<weight>";
 ///  - the unquantized tensors (embeddings, norms, an untied output head) in their source dtype;
 ///  - "__metadata__": "sageptq" = JSON {format_version, method, method_options, source_fingerprint (FNV-1a 64 of the
-///    source weights, hex), tensors: [{name: <weight>, format, layout fields, shape, method, groups, salient_fraction,
-///    relative_error, hessian_error, seconds, bits: {...}, full_bpw, paper_bpw}, ... in file order], totals}; "config" = the source
-///    model's config.json text.
+///    source weights, hex), tensors: [{name: <weight>, [columns: [begin, end, of] for a part,] format, layout fields,
+///    shape, method, groups, salient_fraction, relative_error, hessian_error, seconds, bits: {...}, full_bpw,
+///    paper_bpw}, ... in file order], totals}; "config" = the source model's config.json text.
+///    format_version is 2 when the file holds column parts (a version-1 reader refuses it), 1 otherwise.
+/// The parts of a weight have its rows, and their columns tile [0, of) exactly; a weight is stored whole or in parts.
 /// The reader validates everything it uses (array sizes against the layout, CSR offsets and columns, the sage bytes
-/// through format::deserialize) and returns malformed_input with the tensor's name on any violation.
+/// through format::deserialize, the parts' tiling) and returns malformed_input with the tensor's name on any violation.
 /// Threading: none; the functions are reentrant.
 
 #include <algorithm>
@@ -22,6 +26,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -49,7 +54,11 @@
 SAGEPTQ_NAMESPACE_BEGIN
 namespace io {
 
-inline constexpr int quantized_model_format_version = 1;
+/// The newest format version this build reads and writes. Files without column parts are written as version 1,
+/// which every reader since the first reads the same.
+inline constexpr int quantized_model_format_version = 2;
+/// The version written when no tensor is a column part.
+inline constexpr int quantized_model_format_version_whole = 1;
 
 /// Every packed format (the same type as pipeline::packed_matrix, named here without the pipeline's Eigen).
 using packed_matrix =
@@ -108,10 +117,24 @@ inline std::string fingerprint_hex(std::uint64_t fingerprint) {
   return text;
 }
 
+/// Columns [begin, end) of a weight `of` columns wide.
+struct column_range {
+  index_t begin = 0, end = 0, of = 0;
+  friend bool operator==(const column_range&, const column_range&) = default;
+};
+
 struct quantized_tensor {
   std::string name;  ///< the source weight's name, e.g. "model.layers.0.self_attn.q_proj.weight"
   packed_matrix packed;
   pipeline::matrix_report report;  ///< read back: the fields the file stores (see the top), bits from `packed`
+  /// Set when this tensor is columns [begin, end) of the source weight `name`, whose width is `of`: a weight may be
+  /// stored as column parts, each in its own format, that tile its columns in order. Unset: the whole weight.
+  std::optional<column_range> columns = std::nullopt;
+
+  /// The name its tensors are stored under: `name`, or "<name>.columns.<begin>" for a column part.
+  [[nodiscard]] std::string key() const {
+    return columns ? name + ".columns." + std::to_string(columns->begin) : name;
+  }
 };
 
 /// Everything a quantized model file holds.
@@ -127,9 +150,22 @@ struct quantized_model {
     const auto it = std::find_if(unquantized.begin(), unquantized.end(), [&](const tensor& t) { return t.name == name; });
     return it == unquantized.end() ? nullptr : &*it;
   }
+  /// The tensor that stores the weight `name` whole; nullptr when it is absent or stored in column parts (see
+  /// find_parts).
   [[nodiscard]] const quantized_tensor* find_packed(std::string_view name) const {
-    const auto it = std::find_if(packed.begin(), packed.end(), [&](const quantized_tensor& t) { return t.name == name; });
+    const auto it = std::find_if(packed.begin(), packed.end(),
+                                 [&](const quantized_tensor& t) { return t.name == name && !t.columns; });
     return it == packed.end() ? nullptr : &*it;
+  }
+  /// The weight `name` as stored: its whole tensor, or its column parts in column order; empty when absent.
+  [[nodiscard]] std::vector<const quantized_tensor*> find_parts(std::string_view name) const {
+    if (const quantized_tensor* whole = find_packed(name)) return {whole};
+    std::vector<const quantized_tensor*> parts;
+    for (const quantized_tensor& t : packed)
+      if (t.name == name) parts.push_back(&t);
+    std::sort(parts.begin(), parts.end(),
+              [](const quantized_tensor* a, const quantized_tensor* b) { return a->columns->begin < b->columns->begin; });
+    return parts;
   }
   /// Every stored bit of the packed tensors.
   [[nodiscard]] format::bit_breakdown total_bits() const {
@@ -189,13 +225,67 @@ void for_each_array(const format::billm_matrix& m, F&& f) {
   f("scales", m.scales);
 }
 
+/// "[begin, end)". (Appended piecewise: g++ 12 sees a false -Wrestrict in "[" + std::to_string(...).)
+inline std::string range_text(const column_range& c) {
+  std::string text = "[";
+  text += std::to_string(c.begin);
+  text += ", ";
+  text += std::to_string(c.end);
+  text += ")";
+  return text;
+}
+
+/// Every weight of `packed` stored once: one whole tensor, or column parts with its rows whose columns tile
+/// [0, of) (each part's packed width end - begin). `code` with a message that names the weight otherwise.
+inline outcome check_column_parts(std::span<const quantized_tensor> packed, status code, const std::string& origin) {
+  std::map<std::string_view, std::vector<const quantized_tensor*>> by_name;
+  for (const quantized_tensor& t : packed) by_name[t.name].push_back(&t);
+  for (auto& [name, tensors] : by_name) {
+    const auto bad = [&, &name = name](const std::string& what) {
+      return fail(code, origin + ": weight \"" + std::string(name) + "\" " + what);
+    };
+    const auto whole = std::count_if(tensors.begin(), tensors.end(), [](const quantized_tensor* t) { return !t->columns; });
+    if (whole > 1) return bad("is listed twice");
+    if (whole == 1 && tensors.size() > 1) return bad("is stored both whole and in column parts");
+    if (whole == 1) continue;
+    std::sort(tensors.begin(), tensors.end(),
+              [](const quantized_tensor* a, const quantized_tensor* b) { return a->columns->begin < b->columns->begin; });
+    const column_range& first = *tensors.front()->columns;
+    const index_t rows = packed_shape(tensors.front()->packed).first;
+    index_t next = 0;
+    for (const quantized_tensor* t : tensors) {
+      const column_range& c = *t->columns;
+      const auto [part_rows, part_cols] = packed_shape(t->packed);
+      if (c.begin < 0 || c.begin >= c.end || c.end > c.of)
+        return bad("has a column part " + range_text(c) + " of " + std::to_string(c.of) +
+                   " columns, not 0 <= begin < end <= of");
+      if (c.of != first.of)
+        return bad("has column parts of widths " + std::to_string(first.of) + " and " + std::to_string(c.of));
+      if (part_cols != c.end - c.begin)
+        return bad("column part " + range_text(c) + " packs " + std::to_string(part_cols) + " columns, not " +
+                   std::to_string(c.end - c.begin));
+      if (part_rows != rows)
+        return bad("has column parts of " + std::to_string(rows) + " and " + std::to_string(part_rows) + " rows");
+      if (c.begin > next) return bad("column parts leave columns " + range_text({next, c.begin, c.of}) + " uncovered");
+      if (c.begin < next)
+        return bad("column parts overlap on columns " + range_text({c.begin, std::min(next, c.end), c.of}));
+      next = c.end;
+    }
+    if (next != first.of)
+      return bad("column parts leave columns " + range_text({next, first.of, first.of}) + " uncovered");
+  }
+  return {};
+}
+
 }  // namespace detail
 
-/// Writes `model` to `path` atomically (safetensors_writer). invalid_argument for a repeated or reserved name;
-/// io_error when the file cannot be written.
+/// Writes `model` to `path` atomically (safetensors_writer); format version 2 when it holds column parts, else 1.
+/// invalid_argument, with nothing written, for a repeated or reserved name, or column parts that do not tile their
+/// weight (detail::check_column_parts); io_error when the file cannot be written.
 inline outcome write_quantized_model(const std::filesystem::path& path, const quantized_model& model,
                                      const write_progress& progress = {}) {
   using nlohmann::ordered_json;
+  if (auto ok = detail::check_column_parts(model.packed, status::invalid_argument, path.string()); !ok) return ok;
   safetensors_writer writer;
   std::vector<std::vector<std::uint8_t>> serialized;  // sage bytes, alive until write()
   serialized.reserve(model.packed.size());
@@ -209,19 +299,23 @@ inline outcome write_quantized_model(const std::filesystem::path& path, const qu
     const auto [rows, cols] = packed_shape(t.packed);
     const format::bit_breakdown bits = packed_bits(t.packed);
     total += bits;
-    ordered_json entry = {{"name", t.name}, {"format", packed_format_name(t.packed)}, {"shape", {rows, cols}}};
+    const std::string key = t.key();
+    ordered_json entry = {{"name", t.name}};
+    if (t.columns) entry["columns"] = {t.columns->begin, t.columns->end, t.columns->of};
+    entry["format"] = packed_format_name(t.packed);
+    entry["shape"] = {rows, cols};
     std::visit(
         [&](const auto& p) {
           using T = std::decay_t<decltype(p)>;
           if constexpr (std::is_same_v<T, format::sage_matrix>) {
             serialized.push_back(format::serialize(p));
-            add_bytes(t.name, std::as_bytes(std::span(serialized.back())));
+            add_bytes(key, std::as_bytes(std::span(serialized.back())));
           } else {
             if constexpr (std::is_same_v<T, format::rtn_matrix>) entry["layout"] = detail::rtn_layout_json(p.layout);
             if constexpr (std::is_same_v<T, format::septq_matrix>) entry["layout"] = detail::rtn_layout_json(p.dense.layout);
             if constexpr (std::is_same_v<T, format::billm_matrix>) entry["layout"] = {{"block_size", p.block_size}};
             detail::for_each_array(p, [&](const std::string& suffix, const auto& array) {
-              add_bytes(t.name + "." + suffix, std::as_bytes(std::span(array)));
+              add_bytes(key + "." + suffix, std::as_bytes(std::span(array)));
             });
           }
         },
@@ -246,7 +340,9 @@ inline outcome write_quantized_model(const std::filesystem::path& path, const qu
     options = ordered_json::parse(parsed->dump());
   else
     return fail(status::invalid_argument, "method options must be a JSON object, got " + model.method_options);
-  const ordered_json meta = {{"format_version", quantized_model_format_version},
+  const bool parts = std::any_of(model.packed.begin(), model.packed.end(), [](const auto& t) { return t.columns.has_value(); });
+  const int version = parts ? quantized_model_format_version : quantized_model_format_version_whole;
+  const ordered_json meta = {{"format_version", version},
                              {"method", model.method},
                              {"method_options", std::move(options)},
                              {"source_fingerprint", fingerprint_hex(model.source_fingerprint)},
@@ -395,9 +491,9 @@ inline result<packed_matrix> read_packed(const safetensors_file& file, const std
 
 }  // namespace detail
 
-/// Reads a quantized model file. The statuses of safetensors_file::open; malformed_input for missing or invalid
-/// metadata, a packed tensor that does not match its layout, or a tensor that belongs to nothing; unsupported for
-/// a newer format version.
+/// Reads a quantized model file (versions 1 and 2), `packed` in file order. The statuses of safetensors_file::open;
+/// malformed_input for missing or invalid metadata, a packed tensor that does not match its layout, column parts
+/// that do not tile their weight, or a tensor that belongs to nothing; unsupported for a newer format version.
 inline result<quantized_model> read_quantized_model(const std::filesystem::path& path) {
   auto file = safetensors_file::open(path);
   if (!file.ok()) return file.as_outcome();
@@ -414,8 +510,9 @@ inline result<quantized_model> read_quantized_model(const std::filesystem::path&
       !m.contains("method") || !m["method"].is_string() || !m.contains("source_fingerprint") ||
       !m["source_fingerprint"].is_string() || !m.contains("tensors") || !m["tensors"].is_array())
     return malformed("metadata needs format_version, method, source_fingerprint and tensors");
-  if (m["format_version"].get<int>() > quantized_model_format_version)
-    return fail(status::unsupported, origin + ": format version " + std::to_string(m["format_version"].get<int>()) +
+  const int version = m["format_version"].get<int>();
+  if (version > quantized_model_format_version)
+    return fail(status::unsupported, origin + ": format version " + std::to_string(version) +
                                          " is newer than this build's " + std::to_string(quantized_model_format_version));
   quantized_model out;
   out.method = m["method"].get<std::string>();
@@ -426,16 +523,28 @@ inline result<quantized_model> read_quantized_model(const std::filesystem::path&
   out.source_fingerprint = std::strtoull(fingerprint.c_str(), &end, 16);
   if (fingerprint.size() != 16 || end != fingerprint.c_str() + 16) return malformed("source_fingerprint is not 16 hex digits");
 
-  std::vector<std::string> claimed;  // tensor names that belong to packed matrices
+  std::vector<std::string> claimed;  // keys of the packed matrices: their tensors are "<key>" and "<key>.<array>"
   for (const detail::json& entry : m["tensors"]) {
     if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string())
       return malformed("a tensors entry has no name");
-    const auto name = entry["name"].get<std::string>();
-    if (std::find(claimed.begin(), claimed.end(), name) != claimed.end())
-      return malformed("packed tensor \"" + name + "\" is listed twice");
-    auto packed = detail::read_packed(*file, name, entry);
+    quantized_tensor t{entry["name"].get<std::string>(), {}, {}};
+    if (const auto columns = entry.find("columns"); columns != entry.end()) {
+      if (version < 2) return malformed("packed tensor \"" + t.name + "\" has column parts, which need format version 2");
+      if (!columns->is_array() || columns->size() != 3 ||
+          !std::all_of(columns->begin(), columns->end(), [](const detail::json& v) { return v.is_number_unsigned(); }))
+        return malformed("packed tensor \"" + t.name + "\": columns must be three non-negative integers [begin, end, of]");
+      const auto at = [&](std::size_t i) { return (*columns)[i].get<std::uint64_t>(); };
+      if (at(0) >= at(1) || at(1) > at(2) || at(2) > (std::uint64_t{1} << 24))
+        return malformed("packed tensor \"" + t.name + "\": columns [" + std::to_string(at(0)) + ", " +
+                         std::to_string(at(1)) + ", " + std::to_string(at(2)) + "] are not begin < end <= of <= 2^24");
+      t.columns = column_range{static_cast<index_t>(at(0)), static_cast<index_t>(at(1)), static_cast<index_t>(at(2))};
+    }
+    const std::string key = t.key();
+    if (std::find(claimed.begin(), claimed.end(), key) != claimed.end())
+      return malformed("packed tensor \"" + key + "\" is listed twice");
+    auto packed = detail::read_packed(*file, key, entry);
     if (!packed.ok()) return packed.as_outcome();
-    quantized_tensor t{name, std::move(packed).value(), {}};
+    t.packed = std::move(packed).value();
     const auto [rows, cols] = packed_shape(t.packed);
     // Informative fields: read when present and well-typed (json::value would throw on a wrong type).
     const auto number = [&](const char* key) {
@@ -456,8 +565,9 @@ inline result<quantized_model> read_quantized_model(const std::filesystem::path&
     t.report.bits = packed_bits(t.packed);
     t.report.notes = text("notes", "");
     out.packed.push_back(std::move(t));
-    claimed.push_back(name);
+    claimed.push_back(key);
   }
+  if (auto ok = detail::check_column_parts(out.packed, status::malformed_input, origin); !ok) return ok;
   const auto is_packed_part = [&](const std::string& name) {
     return std::any_of(claimed.begin(), claimed.end(), [&](const std::string& c) {
       return name == c || (name.size() > c.size() && name.starts_with(c) && name[c.size()] == '.');
