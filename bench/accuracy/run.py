@@ -208,7 +208,7 @@ class Run:
         report_path = self.qfile[:-len(".safetensors")] + ".report.json"
         extra, out_path = self.extra, self.qfile
         if len(runs) > 1:  # the CLI writes FILE-{bpw} per budget ("%g", as ours); renamed to each run's paths below
-            extra = ["--target-bpw", ",".join(r.extra[1] for r in runs)]
+            extra = ["--target-bpw", ",".join(r.extra[1] for r in runs)] + self.extra[2:]
             out_path = self.qfile[:-len(".safetensors")] + "-batch{bpw}.safetensors"
         report_of = lambda path: path[:-len(".safetensors")] + ".report.json"  # noqa: E731
         cmd = [self.args.cli, "quantize", "--model", self.shared(cfg["dir"]), "--method", self.method] + extra
@@ -266,7 +266,7 @@ class Run:
         if not todo:
             return
         if self.method == "toga":  # the first of a batch quantizes all of it; the others find their files
-            with _batch_locks.setdefault((self.model, self.seed), threading.Lock()):
+            with _batch_locks.setdefault((self.model, self.seed, tuple(self.extra[2:])), threading.Lock()):
                 self.reload()
                 if not self.quantized():
                     self.quantize(batch)
@@ -314,7 +314,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="first 40 windows of gutenberg (heldout, val) + stories260k, one seed")
     p.add_argument("--models", default="stories,gutenberg", help="comma list of: " + ", ".join(MODELS))
     p.add_argument("--configs", default="all",
-                   help="comma list of configurations or groups (see below); sage@X or toga@X for any budget X")
+                   help="comma list of configurations or groups (see below); sage@X or toga@X for any budget X, "
+                        "togaN@X with N input-channel blocks per linear")
     p.add_argument("--evals", default=None,
                    help="comma list of eval sets, NAME or NAME@WINDOWS (heldout, wikitext, eval, val); "
                         "default: each model's full (or --quick) list")
@@ -343,9 +344,11 @@ def main():
         if m not in MODELS:
             p.error("unknown model " + m)
     for c in configs:
-        budget = re.fullmatch(r"(sage|toga)@([0-9.]+)", c)
-        if budget and c not in CONFIGS:  # any budget of a budgeted method
-            CONFIGS[c] = (budget.group(1), ["--target-bpw", budget.group(2)])
+        budget = re.fullmatch(r"(sage|toga)([0-9]?)@([0-9.]+)", c)
+        if budget and c not in CONFIGS and (budget.group(1) == "toga" or not budget.group(2)):
+            # any budget of a budgeted method; togaN@X: N input-channel blocks per linear (--column-blocks)
+            CONFIGS[c] = (budget.group(1), ["--target-bpw", budget.group(3)] +
+                          (["--column-blocks", budget.group(2)] if budget.group(2) else []))
             CALIBRATED.add(c)
         if c not in CONFIGS:
             p.error("unknown configuration " + c)
@@ -374,12 +377,13 @@ def main():
             log("todo", r.model, r.id, ",".join(r.missing(evals)))
         batches = {}  # toga runs of one model and seed share one quantize call
         for r, _ in runs:
-            if r.method == "toga":
-                batches.setdefault((r.model, r.seed), []).append(r)
+            if r.method == "toga":  # one batch per model, seed and options other than the budget
+                batches.setdefault((r.model, r.seed, tuple(r.extra[2:])), []).append(r)
         if not args.dry_run:
             failures = []
             with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-                futures = {pool.submit(r.execute, evals, batches.get((r.model, r.seed), ())): r for r, evals in runs}
+                futures = {pool.submit(r.execute, evals, batches.get((r.model, r.seed, tuple(r.extra[2:])), ())): r
+                           for r, evals in runs}
                 for f in concurrent.futures.as_completed(futures):
                     if f.exception():
                         failures.append(futures[f])

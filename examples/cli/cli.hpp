@@ -63,6 +63,7 @@ inline constexpr const char* usage =
     "usage:\n"
     "  sageptq quantize --model DIR --calib TOKENS --method NAME [--bits B] [--group G] [--target-bpw X[,X...]]\n"
     "                   [--calib-windows N] [--ctx N] [--seed S] [--threads T] --out FILE [--report FILE.json]\n"
+    "                   toga only: [--column-blocks N] (input-channel blocks per linear, each its own precision)\n"
     "  sageptq eval     [--model DIR] [--quantized FILE] --tokens TOKENS [--ctx N] [--max-windows N] [--threads T]\n"
     "  sageptq generate [--model DIR] [--quantized FILE] --prompt-tokens TOKENS --n N\n";
 
@@ -161,18 +162,20 @@ inline unsigned default_threads() { return std::max(1u, std::thread::hardware_co
 
 inline nlohmann::ordered_json layer_report(const sageptq::io::quantized_tensor& t) {
   const auto& r = t.report;
-  return {{"name", t.name},
-          {"shape", {r.rows, r.cols}},
-          {"method", r.method},
-          {"groups", r.groups},
-          {"salient_fraction", r.salient_fraction},
-          {"relative_error", r.relative_error},
-          {"hessian_error", r.hessian_error},
-          {"bits", sageptq::io::bits_json(r.bits)},
-          {"full_bpw", r.bits.full_bpw()},
-          {"paper_bpw", r.bits.paper_bpw()},
-          {"seconds", r.times.total()},
-          {"notes", r.notes}};
+  nlohmann::ordered_json out = {{"name", t.name},
+                                {"shape", {r.rows, r.cols}},
+                                {"method", r.method},
+                                {"groups", r.groups},
+                                {"salient_fraction", r.salient_fraction},
+                                {"relative_error", r.relative_error},
+                                {"hessian_error", r.hessian_error},
+                                {"bits", sageptq::io::bits_json(r.bits)},
+                                {"full_bpw", r.bits.full_bpw()},
+                                {"paper_bpw", r.bits.paper_bpw()},
+                                {"seconds", r.times.total()},
+                                {"notes", r.notes}};
+  if (t.columns) out["columns"] = {t.columns->begin, t.columns->end, t.columns->of};
+  return out;
 }
 
 /// What every quantize method shares: calibration sampling, threads, budgets and output paths.
@@ -261,6 +264,9 @@ inline std::optional<cli_error> quantize_toga(const options& opt, const quantize
   const sageptq::thread_executor exec(static_cast<unsigned>(s.threads));
   llama::toga_options topt;
   topt.refine.seed = static_cast<std::uint64_t>(s.seed);
+  long long column_blocks = topt.column_blocks;
+  if (auto e = opt.integer("column-blocks", 1, sageptq::toga::max_column_blocks, column_blocks)) return e;
+  topt.column_blocks = static_cast<int>(column_blocks);
   std::map<std::string, std::unique_ptr<progress_bar>> bars;
   topt.progress = [&](const std::string& stage, index_t done, index_t total) {
     auto& bar = bars[stage];
@@ -292,6 +298,7 @@ inline std::optional<cli_error> quantize_toga(const options& opt, const quantize
     for (const auto& t : contents->packed) report["layers"].push_back(layer_report(t));
     report["totals"] = {{"bits", sageptq::io::bits_json(r->packed_bits)},
                         {"mask_bits", r->mask_bits},
+                        {"boundary_bits", r->boundary_bits},
                         {"source_weights", r->source_weights},
                         {"full_bpw", r->full_bpw()},
                         {"paper_bpw", static_cast<double>(r->packed_bits.paper_bits) /
@@ -310,6 +317,7 @@ inline std::optional<cli_error> quantize(const options& opt, std::ostream& out, 
   if (auto e = parse_quantize_settings(opt, s)) return e;
   const std::string method_name = *opt.text("method");
   if (method_name == "toga") return quantize_toga(opt, s, out, err);
+  if (opt.has("column-blocks")) return cli_error{2, "--column-blocks does not apply to method " + method_name};
   sageptq::pipeline::method_options method_opt;
   nlohmann::ordered_json options_json = nlohmann::ordered_json::object();
   long long bits = 0, group = 0;
@@ -418,12 +426,15 @@ inline std::optional<cli_error> load(const options& opt, loaded& out) {
                               " has " + sageptq::io::fingerprint_hex(fingerprint)};
   }
   // Over the source model's linear weights: weights a pruned (toga) model dropped count 0 bits, its kept-structure
-  // masks count as stored (llama/toga.hpp).
+  // masks and the first column of each column part after a weight's first count as stored (llama/toga.hpp).
   const auto bits = q->file.total_bits();
   const sageptq::toga::model_shape shape = llama::toga_shape(q->engine.config());
   const std::uint64_t masks = q->file.method == "toga" ? shape.mask_bits() : 0;
+  std::uint64_t boundaries = 0;
+  for (const auto& t : q->file.packed)
+    if (t.columns && t.columns->begin > 0) boundaries += sageptq::toga::run_boundary_bits;
   const auto weights = static_cast<double>(shape.source_weights());
-  out.full_bpw = static_cast<double>(bits.full_bits() + masks) / weights;
+  out.full_bpw = static_cast<double>(bits.full_bits() + masks + boundaries) / weights;
   out.paper_bpw = static_cast<double>(bits.paper_bits) / weights;
   out.engine = std::move(q->engine);
   return std::nullopt;
@@ -496,6 +507,7 @@ inline int run_cli(std::span<const std::string> args, std::ostream& out, std::os
   const std::map<std::string, std::set<std::string>> allowed = {
       {"quantize",
        {"model", "calib", "method", "bits", "group", "target-bpw", "calib-windows", "ctx", "seed", "threads", "out",
+        "column-blocks",
         "report"}},
       {"eval", {"model", "quantized", "tokens", "ctx", "max-windows", "threads"}},
       {"generate", {"model", "quantized", "prompt-tokens", "n"}}};

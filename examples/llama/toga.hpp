@@ -9,13 +9,18 @@
 //     group removed alone (the importance order of groups), the least important 1..kv_heads-1 groups removed, MLP
 //     channels cut to each level (channels ranked by E[h_j^2] * ||down[:, j]||^2, the energy they add to the
 //     residual stream), and each linear quantized at each precision of the menu. A change to layer l reruns only
-//     layers l.. from the recorded input.
+//     layers l.. from the recorded input. With column_blocks > 1 a linear's loss at a precision is split among its
+//     input-channel blocks in proportion to their calibrated errors when its blocks are quantized as separate runs
+//     (pipeline/column_runs.hpp: each block's term of the exact decomposition of tr(E H E^T)).
 //  3. Per budget: toga::allocate (Lagrangian + greedy fill on the predicted loss), then toga::refine scoring
 //     candidates end to end (every layer pruned and quantized, KL on the scoring windows).
 //  4. The chosen configuration's packed matrices, pruned structures absent (q/k/v/o/gate/up/down of the kept
 //     shapes; the engine infers kept heads and channels from those shapes), with exact bit counts.
 //
-// Quantization of a (layer, linear, precision, prune level) uses the full-precision model's input statistics (for
+// A linear whose blocks have several precisions is quantized run by run (adjacent blocks of one precision form a
+// run), each run's error compensated on the runs after it, and stored as column parts (io::column_range).
+//
+// Quantization of a (layer, linear, block precisions, prune level) uses the full-precision model's input statistics (for
 // o and down restricted to the kept columns) and is cached, so profiling, every score and every budget share it:
 // the calibration pass runs once for all budgets. (True-sequential statistics would make each candidate's
 // quantization depend on the layers before it, and then nothing could be cached across candidates. Quantizing the
@@ -30,6 +35,7 @@
 #include <sageptq/calib/hessian.hpp>
 #include <sageptq/io/quantized_model.hpp>
 #include <sageptq/pipeline/calibrate.hpp>
+#include <sageptq/pipeline/column_runs.hpp>
 #include <sageptq/pipeline/quantize_matrix.hpp>
 #include <sageptq/toga/search.hpp>
 
@@ -64,6 +70,7 @@ struct toga_options {
   /// MLP channel levels below all channels, as fractions of intermediate_size (descending).
   std::vector<double> channel_fractions = {0.875, 0.75, 0.625, 0.5, 0.375, 0.25};
   index_t channel_multiple = 8;  ///< kept channel counts are rounded to a multiple (SIMD-friendly shapes)
+  int column_blocks = 1;         ///< input-channel blocks per linear, each with its own precision (toga/decision.hpp)
   index_t score_windows = 4;     ///< calibration windows (the first ones) on which the KL is measured
   toga::refine_options refine{};
   sageptq::calib::prepare_options prepare{};
@@ -84,13 +91,15 @@ struct toga_result {
   std::vector<sageptq::io::quantized_tensor> tensors;  ///< layer by layer, q k v o gate up down, pruned shapes
   sageptq::format::bit_breakdown packed_bits;          ///< exact, of `tensors`
   std::uint64_t mask_bits = 0;                         ///< kept-structure masks (toga/decision.hpp)
+  std::uint64_t boundary_bits = 0;                     ///< first columns of the column parts after the first
   std::uint64_t source_weights = 0;                    ///< linear weights of the unpruned model
   double predicted_loss = 0;                           ///< the profile's prediction for `configuration`
   double allocated_score = 0, score = 0;               ///< KL on the scoring windows: allocation, final
   int evaluations = 0;                                 ///< end-to-end scores the refinement computed
 
   [[nodiscard]] double full_bpw() const noexcept {
-    return static_cast<double>(packed_bits.full_bits() + mask_bits) / static_cast<double>(source_weights);
+    return static_cast<double>(packed_bits.full_bits() + mask_bits + boundary_bits) /
+           static_cast<double>(source_weights);
   }
 };
 
@@ -117,11 +126,13 @@ class toga_session {
                                      const thread_executor& exec) {
     const auto& cfg = m.config();
     if (windows.count() < 1 || windows.context > cfg.max_position_embeddings || opt.score_windows < 1 ||
-        opt.chunk_sequences < 1 || opt.channel_multiple < 1 || opt.precisions.empty())
+        opt.chunk_sequences < 1 || opt.channel_multiple < 1 || opt.precisions.empty() || opt.column_blocks < 1 ||
+        opt.column_blocks > toga::max_column_blocks)
       return sageptq::fail(status::invalid_argument, "TOGA needs calibration windows of at most " +
                                                          std::to_string(cfg.max_position_embeddings) +
                                                          " tokens, score_windows, chunk_sequences and "
-                                                         "channel_multiple >= 1 and a precision menu");
+                                                         "channel_multiple >= 1, a precision menu and column_blocks "
+                                                         "in [1, " + std::to_string(toga::max_column_blocks) + "]");
     for (index_t l = 0; l < m.layer_count(); ++l)
       for (int k = 0; k < linear_kinds; ++k)
         if (!m.layer(l).dense(static_cast<linear_kind>(k)))
@@ -150,6 +161,17 @@ class toga_session {
   result<toga_result> compress(double target_bpw) {
     auto start = toga::allocate(profile_, target_bpw);
     if (!start.ok()) return start.as_outcome();
+    if (profile_.column_blocks > 1) {
+      // Also allocate one precision per linear (the profile with its blocks merged) and start from whichever scores
+      // better end to end: the blocks' losses are split by a proxy, so their allocation can predict worse.
+      auto whole = toga::allocate(whole_profile(), target_bpw);
+      if (whole.ok() && *whole != *start) {
+        auto a = score(*start), b = score(*whole);
+        if (!a.ok()) return a.as_outcome();
+        if (!b.ok()) return b.as_outcome();
+        if (*b < *a) start = std::move(whole);
+      }
+    }
     toga_result out;
     auto scored = [&](const toga::configuration& c) -> result<double> {
       if (opt_.progress) opt_.progress("toga search", ++refine_done_, opt_.refine.evaluations + 1);
@@ -168,12 +190,19 @@ class toga_session {
     auto matrices = matrices_of(out.configuration);
     if (!matrices.ok()) return matrices.as_outcome();
     for (std::size_t i = 0; i < matrices->size(); ++i) {
-      const cached_matrix& q = *(*matrices)[i];
+      const cached_linear& q = *(*matrices)[i];
       const auto l = static_cast<index_t>(i / linear_kinds);
-      out.tensors.push_back({weight_name(l, static_cast<linear_kind>(i % linear_kinds)), q.packed, q.report});
-      out.packed_bits += sageptq::io::packed_bits(q.packed);
+      const std::string name = weight_name(l, static_cast<linear_kind>(i % linear_kinds));
+      const index_t cols = q.back().end;
+      for (const cached_part& part : q) {
+        sageptq::io::quantized_tensor t{name, part.packed, part.report, {}};
+        if (q.size() > 1) t.columns = sageptq::io::column_range{part.begin, part.end, cols};
+        out.tensors.push_back(std::move(t));
+        out.packed_bits += sageptq::io::packed_bits(part.packed);
+      }
+      out.boundary_bits += toga::run_boundary_bits * (q.size() - 1);
     }
-    if (out.packed_bits.full_bits() + out.mask_bits > toga::budget_bits(profile_, target_bpw))
+    if (out.packed_bits.full_bits() + out.mask_bits + out.boundary_bits > toga::budget_bits(profile_, target_bpw))
       return {std::move(out), status::numerical_issue, "TOGA: exact bits exceed the budget"};
     return out;
   }
@@ -185,15 +214,25 @@ class toga_session {
     for (index_t l = 0; l < m_->layer_count(); ++l) {
       const toga::layer_decision& d = r.configuration[static_cast<std::size_t>(l)];
       nlohmann::ordered_json precisions = nlohmann::ordered_json::object();
-      for (int k = 0; k < linear_kinds; ++k)
-        precisions[plan_name(static_cast<linear_kind>(k))] =
-            profile_.precisions[static_cast<std::size_t>(d.precision[static_cast<std::size_t>(k)])].name();
+      const auto name_of = [&](int pi) { return profile_.precisions[static_cast<std::size_t>(pi)].name(); };
+      for (int k = 0; k < linear_kinds; ++k) {
+        const toga::block_precisions& bp = d.precision[static_cast<std::size_t>(k)];
+        auto& slot = precisions[plan_name(static_cast<linear_kind>(k))];
+        if (bp.uniform(profile_.column_blocks)) {
+          slot = name_of(bp[0]);
+        } else {  // one name per input-channel block
+          slot = nlohmann::ordered_json::array();
+          for (int b = 0; b < profile_.column_blocks; ++b) slot.push_back(name_of(bp[b]));
+        }
+      }
       layers.push_back({{"kv_groups", kept_groups(l, d.groups)},
                         {"channels", kept_channels(l, d.channel_level)},
                         {"precision", std::move(precisions)}});
     }
-    return {{"target_bpw", target_bpw}, {"full_bpw", r.full_bpw()}, {"mask_bits", r.mask_bits},
-            {"score_kl", r.score},      {"layers", std::move(layers)}};
+    return {{"target_bpw", target_bpw},        {"full_bpw", r.full_bpw()},
+            {"mask_bits", r.mask_bits},         {"boundary_bits", r.boundary_bits},
+            {"column_blocks", profile_.column_blocks}, {"score_kl", r.score},
+            {"layers", std::move(layers)}};
   }
 
  private:
@@ -201,11 +240,43 @@ class toga_session {
     sageptq::io::packed_matrix packed;
     sageptq::pipeline::matrix_report report;
   };
+  /// Columns [begin, end) of a linear, packed.
+  struct cached_part : cached_matrix {
+    index_t begin = 0, end = 0;
+  };
+  /// A quantized linear: its column parts in order (one part: the whole matrix).
+  using cached_linear = std::vector<cached_part>;
+
+  static std::unique_ptr<linear_layer> make_linear(const cached_linear& q) {
+    if (q.size() == 1) return std::make_unique<packed_linear>(q.front().packed);
+    std::vector<column_part> parts;
+    for (const cached_part& p : q) parts.push_back({p.begin, p.packed});
+    auto layer = column_parts_linear::create(std::move(parts));
+    SAGEPTQ_ASSERT(layer.ok());  // the parts tile the columns by construction
+    return std::make_unique<column_parts_linear>(std::move(layer).value());
+  }
 
   toga_session(model& m, const sageptq::pipeline::token_windows& windows, toga_options opt, const thread_executor& exec)
       : m_(&m), windows_(&windows), opt_(std::move(opt)), exec_(exec) {}
 
   [[nodiscard]] const sageptq::io::llama_config& cfg() const { return m_->config(); }
+
+  /// The profile with each linear's blocks merged: one precision per linear, losses summed over blocks (precisions
+  /// no whole linear can take stay +infinity). Its configurations are valid in the blocked profile, at equal bits.
+  [[nodiscard]] toga::profile whole_profile() const {
+    toga::profile p = profile_;
+    p.column_blocks = 1;
+    p.min_run_blocks = {};
+    const int menu = p.menu();
+    for (toga::layer_profile& lp : p.layers)
+      for (auto& q : lp.quant_loss) {
+        std::vector<double> sum(static_cast<std::size_t>(menu), 0.0);
+        for (int b = 0; b < profile_.column_blocks; ++b)
+          for (int pi = 0; pi < menu; ++pi) sum[static_cast<std::size_t>(pi)] += q[static_cast<std::size_t>(b * menu + pi)];
+        q = std::move(sum);
+      }
+    return p;
+  }
   void report(const std::string& stage, index_t done, index_t total) const {
     if (opt_.progress) opt_.progress(stage, done, total);
   }
@@ -452,11 +523,11 @@ class toga_session {
     return sliced;
   }
 
-  /// The cached packed matrices of configuration `c`, layer by layer, q k v o gate up down. invalid_argument for
-  /// an invalid configuration; the quantizers' statuses.
-  result<std::vector<const cached_matrix*>> matrices_of(const toga::configuration& c) {
+  /// The cached linears of configuration `c`, layer by layer, q k v o gate up down. invalid_argument for an invalid
+  /// configuration; the quantizers' statuses.
+  result<std::vector<const cached_linear*>> matrices_of(const toga::configuration& c) {
     if (std::ssize(c) != m_->layer_count()) return sageptq::fail(status::invalid_argument, "one decision per layer");
-    std::vector<const cached_matrix*> out;
+    std::vector<const cached_linear*> out;
     for (index_t l = 0; l < m_->layer_count(); ++l) {
       const toga::layer_decision& d = c[static_cast<std::size_t>(l)];
       if (!toga::valid_decision(profile_, l, d))
@@ -472,67 +543,130 @@ class toga_session {
   }
 
   /// KL on the scoring windows of the model whose layers are `matrices` (as matrices_of orders them).
-  result<double> kl_of(const std::vector<const cached_matrix*>& matrices) {
+  result<double> kl_of(const std::vector<const cached_linear*>& matrices) {
     std::vector<std::array<std::unique_ptr<linear_layer>, linear_kinds>> layers(matrices.size() / linear_kinds);
-    for (std::size_t i = 0; i < matrices.size(); ++i)
-      layers[i / linear_kinds][i % linear_kinds] = std::make_unique<packed_linear>(matrices[i]->packed);
+    for (std::size_t i = 0; i < matrices.size(); ++i) layers[i / linear_kinds][i % linear_kinds] = make_linear(*matrices[i]);
     return with_layers_swapped(0, layers, [&] { return kl_from(0); });
   }
 
-  /// The packed matrix of linear `kind` of layer l at precision `pi`, pruned to `groups` / `level`; cached.
+  /// The packed parts of linear `kind` of layer l with block precisions `bp`, pruned to `groups` / `level`; cached.
   /// Quantizer failures (e.g. sage cannot reach its budget on a small matrix) are cached too.
-  result<const cached_matrix*> quantized(index_t l, linear_kind kind, int pi, index_t groups, int level) {
+  result<const cached_linear*> quantized(index_t l, linear_kind kind, const toga::block_precisions& bp, index_t groups,
+                                         int level) {
     const bool attention = static_cast<int>(kind) <= static_cast<int>(linear_kind::o);
     const index_t prune_key = attention ? groups : level;
-    const auto key = std::make_tuple(l, static_cast<int>(kind), pi, prune_key);
+    std::uint64_t code = 0;  // the blocks' precisions as digits in base menu
+    for (int b = profile_.column_blocks; b-- > 0;) code = code * profile_.precisions.size() + static_cast<std::uint64_t>(bp[b]);
+    const auto key = std::make_tuple(l, static_cast<int>(kind), code, prune_key);
     if (auto it = quantized_.find(key); it != quantized_.end()) {
       if (!it->second.ok()) return it->second.as_outcome();
       return &*it->second;
     }
-    const auto [rows, cols] = kept(l, kind, groups, level);
-    const toga::precision& precision = profile_.precisions[static_cast<std::size_t>(pi)];
-    const auto store = [&](result<cached_matrix> entry) -> result<const cached_matrix*> {
+    const auto store = [&](result<cached_linear> entry) -> result<const cached_linear*> {
       auto& slot = quantized_.emplace(key, std::move(entry)).first->second;
       if (!slot.ok()) return slot.as_outcome();
       return &*slot;
     };
-    const bool unpruned = attention ? groups == cfg().num_key_value_heads : level == 0;
-    if (precision.type == toga::precision::kind::uniform && cols.empty() && !unpruned) {
-      auto full = quantized(l, kind, pi, cfg().num_key_value_heads, 0);
-      if (!full.ok()) return full.as_outcome();
-      return store(slice_rows(**full, rows));
-    }
+    const auto [rows, cols] = kept(l, kind, groups, level);
     const index_t nr = rows.empty() ? m_->layer(l).dense(kind)->out_features() : std::ssize(rows);
     const index_t nc = cols.empty() ? m_->layer(l).dense(kind)->in_features() : std::ssize(cols);
-    const auto method = method_of(precision);
-    if (const auto* sage = std::get_if<sageptq::pipeline::sage_config>(&method);
-        sage && sageptq::pipeline::sage_smallest_bpw(nr, nc, *sage) > sage->target_bpw)
-      return store(sageptq::fail(status::invalid_argument, "sage cannot reach " + std::to_string(sage->target_bpw) +
-                                                               " full bpw on " + weight_name(l, kind)));
+    const std::vector<toga::precision_run> runs = toga::precision_runs(bp, profile_.column_blocks, nc);
+    const bool uniform = std::all_of(runs.begin(), runs.end(), [&](const toga::precision_run& r) {
+      return profile_.precisions[static_cast<std::size_t>(r.precision)].type == toga::precision::kind::uniform;
+    });
+    const bool unpruned = attention ? groups == cfg().num_key_value_heads : level == 0;
+    if (uniform && cols.empty() && !unpruned) {  // rows are quantized independently: slice the unpruned parts
+      auto full = quantized(l, kind, bp, cfg().num_key_value_heads, 0);
+      if (!full.ok()) return full.as_outcome();
+      cached_linear sliced;
+      for (const cached_part& part : **full) {
+        cached_part p{slice_rows(part, rows)};
+        p.begin = part.begin;
+        p.end = part.end;
+        sliced.push_back(std::move(p));
+      }
+      return store(std::move(sliced));
+    }
+    std::vector<sageptq::pipeline::column_run> column_runs;
+    for (const toga::precision_run& r : runs) {
+      const auto method = method_of(profile_.precisions[static_cast<std::size_t>(r.precision)]);
+      if (const auto* sage = std::get_if<sageptq::pipeline::sage_config>(&method);
+          sage && sageptq::pipeline::sage_smallest_bpw(nr, r.end - r.begin, *sage) > sage->target_bpw)
+        return store(sageptq::fail(status::invalid_argument, "sage cannot reach " + std::to_string(sage->target_bpw) +
+                                                                 " full bpw on " + weight_name(l, kind)));
+      column_runs.push_back({r.end, method});
+    }
     const auto w = pruned_weight(l, kind, rows, cols);
     // Row pruning leaves the input, hence the factor, unchanged: key it as unpruned.
     auto f = factor(l, kind, cols, cols.empty() ? -1 : prune_key);
     if (!f.ok()) return f.as_outcome();
-    auto q = sageptq::pipeline::quantize_matrix(sageptq::make_matrix_view(w.data(), nr, nc), *f, method, exec_);
-    if (!q.has_value()) return store(q.as_outcome());
-    return store(cached_matrix{std::move(q->packed), std::move(q->report)});
+    const auto weights = sageptq::make_matrix_view(w.data(), nr, nc);
+    cached_linear out;
+    if (runs.size() == 1) {
+      auto q = sageptq::pipeline::quantize_matrix(weights, *f, column_runs.front().m, exec_);
+      if (!q.has_value()) return store(q.as_outcome());
+      out.push_back({{std::move(q->packed), std::move(q->report)}, 0, nc});
+    } else {
+      auto q = sageptq::pipeline::quantize_column_runs(weights, **f, column_runs, exec_);
+      if (!q.has_value()) return store(q.as_outcome());
+      for (std::size_t i = 0; i < runs.size(); ++i)
+        out.push_back({{std::move(q->runs[i].packed), std::move(q->runs[i].report)}, runs[i].begin, runs[i].end});
+    }
+    return store(std::move(out));
   }
 
   // --- step 2 ---------------------------------------------------------------------------------------------------
 
-  /// Whether precision `p` can quantize linear `k` at every prune level: only sage has shapes it cannot reach (its
-  /// fixed costs per row and column), and a precision must serve every level so the decision space stays a product.
-  [[nodiscard]] bool reachable_at_every_level(toga::linear k, const toga::precision& p) const {
+  /// The fewest adjacent input blocks of linear `k` that precision `p` can quantize at every prune level (every
+  /// window of that many blocks), or 0 when not even the whole linear works: only sage has shapes it cannot reach
+  /// (its fixed costs per row and column), and a precision must serve every level so the decision space stays a
+  /// product.
+  [[nodiscard]] int min_run_blocks(toga::linear k, const toga::precision& p) const {
     const auto method = method_of(p);
     const auto* sage = std::get_if<sageptq::pipeline::sage_config>(&method);
-    if (!sage) return true;
+    if (!sage) return 1;
     const toga::model_shape& s = profile_.shape;
-    for (index_t groups = 1; groups <= s.kv_heads; ++groups)
-      for (index_t channels : profile_.channel_levels) {
-        const auto [rows, cols] = s.linear_shape(k, groups, channels);
-        if (sageptq::pipeline::sage_smallest_bpw(rows, cols, *sage) > sage->target_bpw) return false;
-      }
-    return true;
+    const int blocks = profile_.column_blocks;
+    for (int n = 1; n <= blocks; ++n) {
+      bool reachable = true;
+      for (index_t groups = 1; groups <= s.kv_heads && reachable; ++groups)
+        for (index_t channels : profile_.channel_levels) {
+          const auto [rows, cols] = s.linear_shape(k, groups, channels);
+          const std::vector<index_t> bounds = toga::column_block_bounds(cols, blocks);
+          for (int b = 0; b + n <= blocks && reachable; ++b)
+            reachable = sageptq::pipeline::sage_smallest_bpw(rows, bounds[static_cast<std::size_t>(b + n)] -
+                                                                       bounds[static_cast<std::size_t>(b)],
+                                                             *sage) <= sage->target_bpw;
+        }
+      if (reachable) return n;
+    }
+    return 0;
+  }
+
+  /// Shares of a quantized linear's error tr(E H E^T) by input block: block b's columns of E (H E^T)^T, an exact
+  /// split of the total (cross terms halved between the two blocks), clamped at 0; equal shares for no error.
+  [[nodiscard]] std::vector<double> block_error_shares(index_t l, linear_kind kind, const cached_linear& q) const {
+    const matrix_view<const float> w = m_->layer(l).dense(kind)->weight();
+    const index_t rows = w.rows(), cols = w.cols();
+    Eigen::MatrixXd e(rows, cols);
+    for (const cached_part& part : q) {
+      const std::vector<float> d = sageptq::io::decode_packed(part.packed);
+      const index_t width = part.end - part.begin;
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < width; ++c)
+          e(r, part.begin + c) = static_cast<double>(w(r, part.begin + c)) - d[static_cast<std::size_t>(r * width + c)];
+    }
+    const Eigen::MatrixXd& h = hessians_[static_cast<std::size_t>(l)][static_cast<std::size_t>(stat_index(kind))];
+    const Eigen::VectorXd per_column = (e.array() * (e * h).array()).colwise().sum().transpose();
+    const std::vector<index_t> bounds = toga::column_block_bounds(cols, profile_.column_blocks);
+    std::vector<double> shares(static_cast<std::size_t>(profile_.column_blocks));
+    double total = 0;
+    for (std::size_t b = 0; b < shares.size(); ++b) {
+      shares[b] = std::max(0.0, per_column.segment(bounds[b], bounds[b + 1] - bounds[b]).sum());
+      total += shares[b];
+    }
+    for (double& v : shares) v = total > 0 ? v / total : 1.0 / static_cast<double>(shares.size());
+    return shares;
   }
 
   /// KL with only layer l changed: `replace` gives the new linears (null: unchanged).
@@ -562,6 +696,12 @@ class toga_session {
                                                                         static_cast<double>(opt_.channel_multiple))) *
                                            opt_.channel_multiple);
       if (n < p.channel_levels.back()) p.channel_levels.push_back(n);
+    }
+    p.column_blocks = opt_.column_blocks;
+    for (int k = 0; k < linear_kinds; ++k) {  // 0 (unreachable) is kept as 1 here; its losses are +infinity
+      auto& t = p.min_run_blocks[static_cast<std::size_t>(k)];
+      for (const toga::precision& precision : p.precisions)
+        t.push_back(min_run_blocks(static_cast<toga::linear>(k), precision));
     }
     p.layers.resize(static_cast<std::size_t>(m_->layer_count()));
     const index_t kv = c.num_key_value_heads, menu = std::ssize(p.precisions);
@@ -621,27 +761,34 @@ class toga_session {
         report("toga profile", ++done, per_layer * m_->layer_count());
       }
 
+      const int blocks = p.column_blocks;
       for (int k = 0; k < linear_kinds; ++k)
         for (int pi = 0; pi < menu; ++pi) {
           const auto kind = static_cast<linear_kind>(k);
           auto& slot = lp.quant_loss[static_cast<std::size_t>(k)];
-          slot.resize(static_cast<std::size_t>(menu));
-          auto q = reachable_at_every_level(static_cast<toga::linear>(k), p.precisions[static_cast<std::size_t>(pi)])
-                       ? quantized(l, kind, pi, kv, 0)
-                       : result<const cached_matrix*>(sageptq::fail(status::invalid_argument, "unreachable"));
+          slot.resize(static_cast<std::size_t>(blocks * menu));
+          const int min_run = p.min_run_blocks[static_cast<std::size_t>(k)][static_cast<std::size_t>(pi)];
+          auto q = min_run > 0 ? quantized(l, kind, pi, kv, 0)
+                               : result<const cached_linear*>(sageptq::fail(status::invalid_argument, "unreachable"));
           if (!q.ok() && q.code() != status::invalid_argument) return q.as_outcome();
           if (!q.ok()) {  // this precision cannot quantize this matrix (sage below its reachable budget)
-            slot[static_cast<std::size_t>(pi)] = std::numeric_limits<double>::infinity();
+            for (int b = 0; b < blocks; ++b)
+              slot[static_cast<std::size_t>(b * menu + pi)] = std::numeric_limits<double>::infinity();
           } else {
             std::array<std::unique_ptr<linear_layer>, linear_kinds> replace;
-            replace[static_cast<std::size_t>(k)] = std::make_unique<packed_linear>((*q)->packed);
+            replace[static_cast<std::size_t>(k)] = make_linear(**q);
             auto loss = layer_loss(l, std::move(replace));
             if (!loss.ok()) return loss.as_outcome();
-            slot[static_cast<std::size_t>(pi)] = *loss;
+            const std::vector<double> shares =
+                blocks == 1 ? std::vector<double>{1.0} : block_error_shares(l, kind, **q);
+            for (int b = 0; b < blocks; ++b)
+              slot[static_cast<std::size_t>(b * menu + pi)] = *loss * shares[static_cast<std::size_t>(b)];
           }
           report("toga profile", ++done, per_layer * m_->layer_count());
         }
     }
+    for (auto& t : p.min_run_blocks)
+      for (int& n : t) n = std::max(n, 1);
     return toga::check_profile(p);
   }
 
@@ -656,7 +803,7 @@ class toga_session {
   std::vector<float> reference_;  ///< full-precision log-probabilities on the scoring windows
   toga::profile profile_;
   std::map<std::tuple<index_t, int, index_t>, sageptq::calib::hessian_factor> factors_;
-  std::map<std::tuple<index_t, int, int, index_t>, result<cached_matrix>> quantized_;
+  std::map<std::tuple<index_t, int, std::uint64_t, index_t>, result<cached_linear>> quantized_;
   index_t refine_done_ = 0;
 };
 

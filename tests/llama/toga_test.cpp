@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -294,4 +295,60 @@ TEST_CASE("toga on stories260k through the CLI: budget met, pruned structures ab
   refused(pattern, {"--target-bpw", "1.6", "--bits", "2"}, "--bits does not apply to method toga");
   refused(pattern, {}, "needs --calib TOKENS and --target-bpw");
   refused((dir / "plain").string(), {"--target-bpw", "1.6,2.5"}, "must contain {bpw}");
+}
+
+TEST_CASE("toga with input-channel blocks on stories260k: mixed blocks, exact bits, parts in the file, same engine") {
+  llama::model m = load_stories();
+  llama::toga_options opt;
+  opt.column_blocks = 2;
+  auto session = llama::toga_session::create(m, calibration_windows(), opt, thread_executor(2));
+  REQUIRE_MESSAGE(session.ok(), session.message());
+  const toga::profile& p = session->profile();
+  CHECK(p.column_blocks == 2);
+  // The blocks of a linear split its measured loss: non-negative shares, infinite exactly where the whole is.
+  for (const auto& lp : p.layers)
+    for (const auto& q : lp.quant_loss)
+      for (int pi = 0; pi < p.menu(); ++pi) {
+        const double a = q[static_cast<std::size_t>(pi)], b = q[static_cast<std::size_t>(p.menu() + pi)];
+        CHECK(std::isfinite(a) == std::isfinite(b));
+        if (std::isfinite(a)) CHECK((a >= 0 && b >= 0));
+      }
+
+  // Budgets from one profile; the one whose allocation splits the most linears is written below.
+  std::optional<llama::toga_result> r;
+  double bpw = 0;
+  std::uint64_t most_parts = 0;
+  for (const double budget : {1.1, 1.6, 2.5}) {
+    auto q = session->compress(budget);
+    REQUIRE_MESSAGE(q.ok(), q.message());
+    std::uint64_t parts_after_first = 0;
+    for (const auto& t : q->tensors) parts_after_first += t.columns && t.columns->begin > 0;
+    CHECK(q->boundary_bits == toga::run_boundary_bits * parts_after_first);
+    CHECK(q->packed_bits.full_bits() + q->mask_bits + q->boundary_bits <= toga::budget_bits(p, budget));
+    CHECK(toga::configuration_bits(p, q->configuration) >= q->packed_bits.full_bits() + q->mask_bits + q->boundary_bits);
+    if (!r || parts_after_first > most_parts) r = std::move(q).value(), bpw = budget, most_parts = parts_after_first;
+  }
+  MESSAGE("stories260k, 2 blocks per linear: " << most_parts << " extra column parts at " << bpw << " full bpw");
+  CHECK(most_parts > 0);  // some linear mixes precisions across its blocks
+
+  // Written and loaded back: every weight in its parts, the engine runs them, eval counts the same bits.
+  sageptq_test::temp_dir dir;
+  auto contents = llama::assemble_quantized_model(stories_dir, "toga", session->describe(*r, bpw).dump(), r->tensors);
+  REQUIRE_MESSAGE(contents.ok(), contents.message());
+  const auto path = dir / "toga-blocks.safetensors";
+  REQUIRE(sageptq::io::write_quantized_model(path, *contents).ok());
+  auto loaded = llama::load_quantized_model(path);
+  REQUIRE_MESSAGE(loaded.ok(), loaded.message());
+  for (const auto& t : r->tensors) {
+    const auto parts = loaded->file.find_parts(t.name);
+    REQUIRE(!parts.empty());
+    CHECK((parts.size() > 1) == t.columns.has_value());
+  }
+  const auto e = cli({"eval", "--quantized", path.string(), "--tokens", stories_eval.string(), "--max-windows", "1",
+                      "--ctx", "64"});
+  REQUIRE_MESSAGE(e.code == 0, e.text);
+  const auto at = e.text.find("full_bpw=");
+  REQUIRE(at != std::string::npos);
+  CHECK(std::stod(e.text.substr(at + 9)) == doctest::Approx(r->full_bpw()).epsilon(1e-4));
+  CHECK(held_out_perplexity(loaded->engine) > 1);
 }

@@ -19,20 +19,25 @@ namespace {
 /// A small model shape: 2 KV groups of 2 query heads, 3 channel levels.
 toga::model_shape tiny_shape(index_t layers) { return {layers, 32, 4, 2, 8, 48}; }
 
-/// A random profile with losses shaped like real ones: more loss for more pruning and fewer bits.
-toga::profile random_profile(index_t layers, std::uint64_t seed) {
+/// A random profile with losses shaped like real ones: more loss for more pruning and fewer bits. `wide`: the
+/// dimensions of gutenberg-llama-20m (hidden 512, 4 KV groups, 1408 channels) instead of the tiny shape.
+toga::profile random_profile(index_t layers, std::uint64_t seed, bool wide = false) {
   sageptq::random_generator rng(seed);
   toga::profile p;
-  p.shape = tiny_shape(layers);
+  p.shape = wide ? toga::model_shape{layers, 512, 8, 4, 64, 1408} : tiny_shape(layers);
   p.precisions = {{toga::precision::kind::uniform, 1, 0}, {toga::precision::kind::uniform, 2, 0},
                   {toga::precision::kind::uniform, 3, 0}};
-  p.channel_levels = {48, 32, 16};
+  const index_t channels = p.shape.intermediate, groups = p.shape.kv_heads;
+  p.channel_levels = {channels, channels * 2 / 3, channels / 3};
   for (index_t l = 0; l < layers; ++l) {
     toga::layer_profile lp;
-    lp.group_order = {1, 0};
-    lp.channel_order.resize(48);
-    for (index_t i = 0; i < 48; ++i) lp.channel_order[static_cast<std::size_t>(i)] = 47 - i;
-    lp.attention_loss = {std::numeric_limits<double>::infinity(), 0.1 + rng.uniform(), 0.0};
+    for (index_t g = 0; g < groups; ++g) lp.group_order.push_back(groups - 1 - g);
+    lp.channel_order.resize(static_cast<std::size_t>(channels));
+    for (index_t i = 0; i < channels; ++i) lp.channel_order[static_cast<std::size_t>(i)] = channels - 1 - i;
+    lp.attention_loss.assign(static_cast<std::size_t>(groups + 1), 0.0);  // [groups] = 0: nothing pruned
+    lp.attention_loss[0] = std::numeric_limits<double>::infinity();
+    for (index_t g = groups - 1; g >= 1; --g)
+      lp.attention_loss[static_cast<std::size_t>(g)] = lp.attention_loss[static_cast<std::size_t>(g + 1)] + 0.1 + rng.uniform();
     const double m1 = 0.05 + 0.5 * rng.uniform();
     lp.mlp_loss = {0.0, m1, m1 + 0.1 + rng.uniform()};
     for (auto& q : lp.quant_loss) {
@@ -41,6 +46,25 @@ toga::profile random_profile(index_t layers, std::uint64_t seed) {
     }
     p.layers.push_back(lp);
   }
+  return p;
+}
+
+/// `p` with every linear split into `blocks` input blocks: each block gets a random share of the linear's loss
+/// (the shares of a linear sum to 1), so a one-precision-per-linear configuration predicts the same loss.
+toga::profile split_profile(toga::profile p, int blocks, std::uint64_t seed) {
+  sageptq::random_generator rng(seed);
+  const int menu = p.menu();
+  p.column_blocks = blocks;
+  for (auto& lp : p.layers)
+    for (auto& q : lp.quant_loss) {
+      std::vector<double> share(static_cast<std::size_t>(blocks));
+      double sum = 0;
+      for (double& s : share) sum += (s = 0.1 + rng.uniform() * rng.uniform() * 4);
+      std::vector<double> split;
+      for (double s : share)
+        for (int pi = 0; pi < menu; ++pi) split.push_back(q[static_cast<std::size_t>(pi)] * s / sum);
+      q = std::move(split);
+    }
   return p;
 }
 
@@ -81,7 +105,7 @@ void for_each_configuration(const toga::profile& p, F&& f) {
     for (auto& d : c) {
       d.groups = 1 + rest % p.shape.kv_heads, rest /= p.shape.kv_heads;
       d.channel_level = static_cast<int>(rest % std::ssize(p.channel_levels)), rest /= std::ssize(p.channel_levels);
-      for (int& pi : d.precision)
+      for (auto& pi : d.precision)
         pi = static_cast<int>(rest % std::ssize(p.precisions)), rest /= std::ssize(p.precisions);
     }
     f(c);
@@ -240,4 +264,100 @@ TEST_CASE("toga: refine is deterministic for a seed, stays within the budget and
     return sageptq::fail(status::numerical_issue, "score failed");
   };
   CHECK(toga::refine(p, *start, bpw, failing, opt).code() == status::numerical_issue);
+}
+
+TEST_CASE("toga: input-channel blocks — bounds, runs and their bits") {
+  CHECK(toga::column_block_bounds(512, 4) == std::vector<index_t>{0, 128, 256, 384, 512});
+  CHECK(toga::column_block_bounds(1408, 4) == std::vector<index_t>{0, 352, 704, 1056, 1408});
+  CHECK(toga::column_block_bounds(1232, 4) == std::vector<index_t>{0, 320, 608, 928, 1232});  // multiples of 32
+  CHECK(toga::column_block_bounds(48, 4) == std::vector<index_t>{0, 12, 24, 36, 48});  // too narrow for words
+  CHECK(toga::column_block_bounds(100, 1) == std::vector<index_t>{0, 100});
+
+  toga::block_precisions bp(2);
+  CHECK(bp.uniform(4));
+  bp.set(1, 0, 4);
+  CHECK_FALSE(bp.uniform(4));
+  CHECK(toga::precision_runs(bp, 4, 512) ==
+        std::vector<toga::precision_run>{{0, 128, 2}, {128, 256, 0}, {256, 512, 2}});
+  bp.set(1, 2, 4);
+  CHECK(bp == toga::block_precisions(2));  // canonical: equal decisions compare equal
+  bp.set(3, 1, 4);                         // the last block also sets the unused slots
+  toga::block_precisions other(2);
+  other.set(3, 1, 4);
+  CHECK(bp == other);
+  CHECK(bp[7] == 1);
+
+  // Splitting costs nothing while the blocks agree; each extra run pays its rtn row overhead and its boundary.
+  const toga::profile one = random_profile(1, 4);
+  const toga::profile four = split_profile(one, 4, 9);
+  REQUIRE(toga::check_profile(four).ok());
+  toga::layer_decision d{2, 0, {1, 1, 1, 1, 1, 1, 1}};
+  CHECK(toga::layer_bits(four, d) == toga::layer_bits(one, d));
+  CHECK(toga::predicted_layer_loss(four, 0, d) == doctest::Approx(toga::predicted_layer_loss(one, 0, d)));
+  d.precision[0].set(0, 2, 4);  // q (32 x 32 in tiny_shape): blocks of 8 columns, 3 bits on the first
+  const auto rtn = [](index_t rows, index_t cols, int bits) {
+    return static_cast<std::uint64_t>(rows * (32 * ((cols * bits + 31) / 32) + 16 + (bits == 1 ? 0 : 8)));
+  };
+  toga::layer_decision whole{2, 0, {1, 1, 1, 1, 1, 1, 1}};
+  CHECK(toga::layer_bits(four, d) - toga::layer_bits(four, whole) ==
+        rtn(32, 8, 3) + rtn(32, 24, 2) + toga::run_boundary_bits - rtn(32, 32, 2));
+  toga::profile bad = four;
+  bad.layers[0].quant_loss[2].pop_back();
+  CHECK_FALSE(toga::check_profile(bad).ok());
+  bad = four;
+  for (int pi = 0; pi < 3; ++pi) bad.layers[0].quant_loss[5][static_cast<std::size_t>(3 + pi)] = INFINITY;
+  CHECK_FALSE(toga::check_profile(bad).ok());  // block 1 of up has no precision
+  bad = four;
+  bad.column_blocks = 9;
+  CHECK_FALSE(toga::check_profile(bad).ok());
+}
+
+TEST_CASE("toga: the Lagrangian choice of block precisions is the exhaustive minimum") {
+  for (std::uint64_t seed = 0; seed < 4; ++seed) {
+    const int blocks = 3;
+    const toga::profile p = split_profile(random_profile(1, seed), blocks, seed + 100);
+    for (double lambda : {0.0, 1e-5, 1e-4, 1e-3, 1e-2}) {
+      for (toga::linear k : toga::all_linears) {
+        toga::layer_decision d{1, 1, {}};
+        const double dp = toga::detail::lagrangian_linear(p, 0, d, k, lambda);
+        const double dp_check = toga::detail::quant_loss(p, 0, d, k) +
+                                lambda * static_cast<double>(toga::detail::linear_bits(p, d, k));
+        CHECK(dp == doctest::Approx(dp_check).epsilon(1e-12));
+        double best = INFINITY;
+        for (int code = 0; code < 27; ++code) {
+          toga::layer_decision e{1, 1, {}};
+          for (int b = 0, rest = code; b < blocks; ++b, rest /= 3)
+            e.precision[static_cast<std::size_t>(k)].set(b, rest % 3, blocks);
+          best = std::min(best, toga::detail::quant_loss(p, 0, e, k) +
+                                    lambda * static_cast<double>(toga::detail::linear_bits(p, e, k)));
+        }
+        CHECK(dp == doctest::Approx(best).epsilon(1e-12));
+      }
+    }
+  }
+}
+
+TEST_CASE("toga: allocation with input-channel blocks meets the budget and is no worse than one precision per linear") {
+  int better = 0, cases = 0;
+  for (std::uint64_t seed = 0; seed < 4; ++seed) {
+    const toga::profile one = random_profile(3, seed, true);
+    const toga::profile four = split_profile(one, 4, seed + 7);
+    for (double bpw : {1.3, 1.7, 2.2}) {
+      auto a = toga::allocate(one, bpw);
+      auto b = toga::allocate(four, bpw);
+      REQUIRE(a.ok());
+      REQUIRE_MESSAGE(b.ok(), b.message());
+      CHECK(toga::configuration_bits(four, *b) <= toga::budget_bits(four, bpw));
+      const double la = toga::predicted_loss(one, *a), lb = toga::predicted_loss(four, *b);
+      CHECK(lb <= la * (1 + 1e-9));
+      better += lb < la * 0.999;
+      ++cases;
+      bool mixed = false;
+      for (const auto& d : *b)
+        for (const auto& bp : d.precision) mixed = mixed || !bp.uniform(4);
+      CHECK(mixed);
+    }
+  }
+  MESSAGE("blocks lowered the predicted loss in " << better << " of " << cases << " cases");
+  CHECK(better * 2 >= cases);
 }

@@ -4,17 +4,19 @@
 ///
 /// The profile holds, per decoder layer, end-to-end losses (the KL divergence of the model's next-token
 /// distribution from the full-precision one on calibration windows) of single changes to the full-precision model:
-/// keeping g KV groups, keeping a level of MLP channels, and quantizing one linear layer at one precision. An
+/// keeping g KV groups, keeping a level of MLP channels, and quantizing one input-channel block of one linear layer
+/// at one precision (an engine may split a linear's measured loss among its blocks by their calibrated errors). An
 /// engine measures it once (examples/llama/toga.hpp); every budget is then allocated from it, so k budgets cost one
 /// profiling pass.
 ///
 /// The loss of a configuration is predicted additively (the usual second-order argument: near the full-precision
 /// optimum, small independent perturbations add):
-///     sum_l attention_loss[g_l] + mlp_loss[level_l] + sum_{l,k} quant_loss[k][p_lk] * kept_fraction(k)
+///     sum_l attention_loss[g_l] + mlp_loss[level_l] + sum_{l,k,b} quant_loss[k][b, p_lkb] * kept_fraction(k)
 /// where a pruned linear's quantization loss shrinks with the weights it keeps.
 ///
 /// `allocate` minimizes that prediction under the full-bits budget: a Lagrangian relaxation (each unit — a layer's
-/// attention or MLP — picks its prune level and precisions minimizing loss + lambda * bits; lambda bisected to the
+/// attention or MLP — picks its prune level and precisions minimizing loss + lambda * bits, a linear's block
+/// precisions by dynamic programming over its runs; lambda bisected to the
 /// smallest value that fits), then a greedy fill spends what the relaxation leaves (the relaxation only reaches
 /// points of the lower convex hull) with the single changes of best loss decrease per bit that still fit, and pairs
 /// of changes trade bits between units while that lowers the loss.
@@ -45,7 +47,8 @@ struct layer_profile {
   std::vector<index_t> channel_order;  ///< intermediate channels, most important first (intermediate entries)
   std::vector<double> attention_loss;  ///< [g] for g kept groups, g in [0, kv_heads]; [kv_heads] = 0; [0] unused
   std::vector<double> mlp_loss;        ///< per channel level; [0] = 0
-  /// [linear][precision] with the layer unpruned; +infinity where the precision cannot quantize that matrix.
+  /// [linear][block * precisions + precision] with the layer unpruned; +infinity where the precision cannot
+  /// quantize that block.
   std::array<std::vector<double>, linears_per_layer> quant_loss;
 };
 
@@ -53,7 +56,23 @@ struct profile {
   model_shape shape;
   std::vector<precision> precisions;
   std::vector<index_t> channel_levels;  ///< kept channel counts, strictly descending, [0] = intermediate
+  int column_blocks = 1;                ///< input-channel blocks per linear, in [1, max_column_blocks]
+  /// [linear][precision]: the fewest adjacent blocks a run at that precision needs (a precision's fixed costs, e.g.
+  /// sage's per-row scales, may not fit a narrow run); an empty table means 1 everywhere.
+  std::array<std::vector<int>, linears_per_layer> min_run_blocks;
   std::vector<layer_profile> layers;
+
+  [[nodiscard]] int min_run(linear k, int pi) const {
+    const auto& t = min_run_blocks[static_cast<std::size_t>(k)];
+    return t.empty() ? 1 : t[static_cast<std::size_t>(pi)];
+  }
+
+  [[nodiscard]] int menu() const noexcept { return static_cast<int>(precisions.size()); }
+  /// The unpruned loss of block b of linear k of layer l at precision pi.
+  [[nodiscard]] double block_loss(index_t l, linear k, int b, int pi) const {
+    return layers[static_cast<std::size_t>(l)].quant_loss[static_cast<std::size_t>(k)]
+                 [static_cast<std::size_t>(b * menu() + pi)];
+  }
 };
 
 /// invalid_argument unless the profile's tables have the sizes its shape and menu imply, losses are finite (quant
@@ -63,6 +82,12 @@ inline outcome check_profile(const profile& p) {
   const model_shape& s = p.shape;
   const auto bad = [](const std::string& what) { return fail(status::invalid_argument, "TOGA profile: " + what); };
   if (p.precisions.empty()) return bad("the precision menu is empty");
+  if (p.column_blocks < 1 || p.column_blocks > max_column_blocks)
+    return bad("column_blocks must be in [1, " + std::to_string(max_column_blocks) + "]");
+  for (const auto& t : p.min_run_blocks)
+    if (!t.empty() && (std::ssize(t) != p.menu() ||
+                       std::any_of(t.begin(), t.end(), [&](int n) { return n < 1 || n > p.column_blocks; })))
+      return bad("min_run_blocks needs one entry in [1, column_blocks] per precision");
   const auto& levels = p.channel_levels;
   if (levels.empty() || levels.front() != s.intermediate || levels.back() < 1 ||
       std::adjacent_find(levels.begin(), levels.end(), std::less_equal<>()) != levels.end())
@@ -83,9 +108,12 @@ inline outcome check_profile(const profile& p) {
     for (double v : l.mlp_loss)
       if (!std::isfinite(v)) return bad("MLP losses must be finite");
     for (const auto& q : l.quant_loss) {
-      if (q.size() != p.precisions.size()) return bad("quantization loss tables need one entry per precision");
-      if (std::none_of(q.begin(), q.end(), [](double v) { return std::isfinite(v); }))
-        return bad("every linear layer needs a precision that can quantize it");
+      if (std::ssize(q) != p.column_blocks * p.menu())
+        return bad("quantization loss tables need one entry per input block and precision");
+      for (int b = 0; b < p.column_blocks; ++b)
+        if (std::none_of(q.begin() + b * p.menu(), q.begin() + (b + 1) * p.menu(),
+                         [](double v) { return std::isfinite(v); }))
+          return bad("every input block of every linear layer needs a precision that can quantize it");
       for (double v : q)
         if (std::isnan(v) || v == -std::numeric_limits<double>::infinity())
           return bad("quantization losses must be finite or +inf");
@@ -111,15 +139,39 @@ inline double kept_fraction(const profile& p, const layer_decision& d, linear k)
 }
 
 inline double quant_loss(const profile& p, index_t l, const layer_decision& d, linear k) {
-  const auto ki = static_cast<std::size_t>(k);
-  return p.layers[static_cast<std::size_t>(l)].quant_loss[ki][static_cast<std::size_t>(d.precision[ki])] *
-         kept_fraction(p, d, k);
+  const block_precisions& bp = d.precision[static_cast<std::size_t>(k)];
+  double loss = 0;
+  for (int b = 0; b < p.column_blocks; ++b) loss += p.block_loss(l, k, b, bp[b]);
+  return loss * kept_fraction(p, d, k);
+}
+
+/// Full bits of a rows x cols run at precision pi, the boundary included unless it is the first run.
+inline std::uint64_t run_bits(const profile& p, index_t rows, index_t cols, int pi, bool first) {
+  return p.precisions[static_cast<std::size_t>(pi)].bits_bound(rows, cols) + (first ? 0 : run_boundary_bits);
+}
+
+/// Whether every run of d's blocks of linear k spans at least its precision's min_run blocks.
+inline bool runs_allowed(const profile& p, const layer_decision& d, linear k) {
+  const block_precisions& bp = d.precision[static_cast<std::size_t>(k)];
+  for (int b = 0; b < p.column_blocks;) {
+    int e = b + 1;
+    while (e < p.column_blocks && bp[e] == bp[b]) ++e;
+    if (e - b < p.min_run(k, bp[b])) return false;
+    b = e;
+  }
+  return true;
 }
 
 inline std::uint64_t linear_bits(const profile& p, const layer_decision& d, linear k) {
   const auto [rows, cols] =
       p.shape.linear_shape(k, d.groups, p.channel_levels[static_cast<std::size_t>(d.channel_level)]);
-  return p.precisions[static_cast<std::size_t>(d.precision[static_cast<std::size_t>(k)])].bits_bound(rows, cols);
+  std::uint64_t bits = 0;
+  bool first = true;
+  for (const precision_run& r : precision_runs(d.precision[static_cast<std::size_t>(k)], p.column_blocks, cols)) {
+    bits += run_bits(p, rows, r.end - r.begin, r.precision, first);
+    first = false;
+  }
+  return bits;
 }
 
 }  // namespace detail
@@ -163,24 +215,32 @@ inline bool valid_decision(const profile& p, index_t l, const layer_decision& d)
       d.channel_level >= std::ssize(p.channel_levels))
     return false;
   for (linear k : all_linears) {
-    const int pi = d.precision[static_cast<std::size_t>(k)];
-    if (pi < 0 || pi >= std::ssize(p.precisions) || !std::isfinite(detail::quant_loss(p, l, d, k))) return false;
+    for (int b = 0; b < p.column_blocks; ++b) {
+      const int pi = d.precision[static_cast<std::size_t>(k)][b];
+      if (pi < 0 || pi >= p.menu()) return false;
+    }
+    if (!detail::runs_allowed(p, d, k) || !std::isfinite(detail::quant_loss(p, l, d, k))) return false;
   }
   return true;
 }
 
-/// Every decision that differs from `d` in one coordinate (one linear's precision, the kept groups, the channel
-/// level) and is valid, in a fixed order.
+/// Every decision that differs from `d` in one coordinate (one block's precision, one linear's precision on every
+/// block, the kept groups, the channel level) and is valid, in a fixed order.
 inline std::vector<layer_decision> neighbours(const profile& p, index_t l, const layer_decision& d) {
   std::vector<layer_decision> out;
   const auto push = [&](layer_decision n) {
     if (n != d && valid_decision(p, l, n)) out.push_back(n);
   };
   for (linear k : all_linears)
-    for (int pi = 0; pi < std::ssize(p.precisions); ++pi) {
+    for (int pi = 0; pi < p.menu(); ++pi) {
       layer_decision n = d;
       n.precision[static_cast<std::size_t>(k)] = pi;
       push(n);
+      for (int b = 0; b < p.column_blocks && p.column_blocks > 1; ++b) {
+        n = d;
+        n.precision[static_cast<std::size_t>(k)].set(b, pi, p.column_blocks);
+        push(n);
+      }
     }
   for (index_t g = 1; g <= p.shape.kv_heads; ++g) {
     layer_decision n = d;
@@ -324,6 +384,40 @@ inline void exchange_within_budget(const profile& p, configuration& c, std::uint
 
 namespace detail {
 
+/// Sets d.precision[k] to the block precisions minimizing quant_loss + lambda * linear_bits (d's prune levels fixed)
+/// and returns that minimum: dynamic programming over runs, best[j] = min over i < j and pi of best[i] + the cost
+/// of blocks [i, j) as one run at pi. Exact: adjacent runs of one precision cost at least their merge, so allowing
+/// them changes nothing (and a merged run meets min_run_blocks whenever its pieces do).
+inline double lagrangian_linear(const profile& p, index_t l, layer_decision& d, linear k, double lambda) {
+  const int blocks = p.column_blocks;
+  const auto [rows, cols] =
+      p.shape.linear_shape(k, d.groups, p.channel_levels[static_cast<std::size_t>(d.channel_level)]);
+  const std::vector<index_t> bounds = column_block_bounds(cols, blocks);
+  const double kept = kept_fraction(p, d, k);
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> best(static_cast<std::size_t>(blocks) + 1, inf);
+  std::vector<std::pair<int, int>> from(static_cast<std::size_t>(blocks) + 1, {0, 0});  // (run start, precision)
+  best[0] = 0;
+  for (int j = 1; j <= blocks; ++j)
+    for (int i = 0; i < j; ++i)
+      for (int pi = 0; pi < p.menu(); ++pi) {
+        if (j - i < p.min_run(k, pi)) continue;
+        double loss = 0;
+        for (int b = i; b < j; ++b) loss += p.block_loss(l, k, b, pi);
+        const index_t run_cols = bounds[static_cast<std::size_t>(j)] - bounds[static_cast<std::size_t>(i)];
+        const double c = best[static_cast<std::size_t>(i)] + loss * kept +
+                         lambda * static_cast<double>(run_bits(p, rows, run_cols, pi, i == 0));
+        if (c < best[static_cast<std::size_t>(j)]) best[static_cast<std::size_t>(j)] = c, from[static_cast<std::size_t>(j)] = {i, pi};
+      }
+  block_precisions& out = d.precision[static_cast<std::size_t>(k)];
+  for (int j = blocks; j > 0;) {
+    const auto [i, pi] = from[static_cast<std::size_t>(j)];
+    for (int b = j - 1; b >= i; --b) out.set(b, pi, blocks);
+    j = i;
+  }
+  return best[static_cast<std::size_t>(blocks)];
+}
+
 /// The Lagrangian choice of one layer for multiplier lambda: per unit (attention: groups; MLP: channel level) the
 /// prune level and precisions minimizing loss + lambda * bits. Units and linears separate, so this is exact.
 inline layer_decision lagrangian_layer(const profile& p, index_t l, double lambda) {
@@ -335,18 +429,7 @@ inline layer_decision lagrangian_layer(const profile& p, index_t l, double lambd
       layer_decision d = best;
       set_level(d, level);
       double cost = prune_loss(level);
-      for (linear k : ks) {
-        const auto ki = static_cast<std::size_t>(k);
-        double best_k = std::numeric_limits<double>::infinity();
-        int best_pi = 0;
-        for (int pi = 0; pi < std::ssize(p.precisions); ++pi) {
-          d.precision[ki] = pi;
-          const double c = quant_loss(p, l, d, k) + lambda * static_cast<double>(linear_bits(p, d, k));
-          if (c < best_k) best_k = c, best_pi = pi;
-        }
-        d.precision[ki] = best_pi;
-        cost += best_k;
-      }
+      for (linear k : ks) cost += lagrangian_linear(p, l, d, k, lambda);
       if (cost < best_cost) {
         best_cost = cost;
         set_level(best, level);

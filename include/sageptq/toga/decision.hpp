@@ -7,7 +7,11 @@
 ///    grouped-query attention, so a pruned group removes head_dim rows of k and v, (heads / kv_heads) * head_dim
 ///    rows of q and the same columns of o);
 ///  - the number of kept MLP intermediate channels (rows of gate and up, columns of down), one of a few levels;
-///  - a precision per linear layer, an index into a menu of quantizers (binary, 2-bit, 3-bit, ...).
+///  - a precision per input-channel block of each linear layer, an index into a menu of quantizers (binary, 2-bit,
+///    3-bit, sage, ...). The profile fixes the number of blocks per linear (column_blocks, 1 = one precision per
+///    linear); the blocks of a linear are equal column ranges (column_block_bounds), and adjacent blocks of one
+///    precision form one run, quantized and packed as one matrix (pipeline/column_runs.hpp compensates each run's
+///    error on the runs after it), so splitting costs nothing where the precisions agree.
 /// Which groups and channels are kept comes from an importance order measured once (toga/allocate.hpp's profile):
 /// the first n of the order. Kept structures are packed in their source order, and attention heads and MLP
 /// channels are permutation-invariant, so a decoder needs only the packed shapes; the kept-index masks are stored
@@ -17,6 +21,7 @@
 /// Bits: a precision's bits for a rows x cols matrix are exact for uniform grids (the packed rtn format: codes
 /// padded to 32-bit words per row, an fp16 scale per row, an 8-bit zero point unless symmetric) and an upper bound
 /// for sage (it meets its own target_bpw); pipeline code replaces bounds with the packed matrices' exact counts.
+/// A linear stored as several runs also pays run_boundary_bits per run after the first (where it starts).
 /// Pruned weights cost 0 bits but stay in the denominator: full bpw = all bits / the source model's linear weights.
 /// Standard library only; no threads.
 
@@ -121,11 +126,77 @@ inline std::vector<precision> default_precisions() {
           {precision::kind::uniform, 3, 0}};
 }
 
+/// The most input-channel blocks per linear a profile may have.
+inline constexpr int max_column_blocks = 8;
+/// Bits that locate a run of blocks after the first in a linear's packed parts (its first column).
+inline constexpr std::uint64_t run_boundary_bits = 32;
+
+/// The precision (menu index) of each input-channel block of one linear layer. Made from one index, every block
+/// has it. Canonical form: the slots past the profile's block count repeat its last block (set() keeps this), so
+/// equal decisions compare equal.
+class block_precisions {
+ public:
+  constexpr block_precisions(int every_block = 0) noexcept { slots_.fill(static_cast<std::int8_t>(every_block)); }  // NOLINT: implicit on purpose
+
+  [[nodiscard]] constexpr int operator[](int block) const noexcept { return slots_[static_cast<std::size_t>(block)]; }
+  /// Block `block` of `blocks` gets precision `p`.
+  constexpr void set(int block, int p, int blocks) noexcept {
+    for (int b = block; b < (block == blocks - 1 ? max_column_blocks : block + 1); ++b)
+      slots_[static_cast<std::size_t>(b)] = static_cast<std::int8_t>(p);
+  }
+  /// Whether the first `blocks` blocks share one precision.
+  [[nodiscard]] constexpr bool uniform(int blocks) const noexcept {
+    for (int b = 1; b < blocks; ++b)
+      if (slots_[static_cast<std::size_t>(b)] != slots_[0]) return false;
+    return true;
+  }
+  friend constexpr bool operator==(const block_precisions&, const block_precisions&) = default;
+
+ private:
+  std::array<std::int8_t, max_column_blocks> slots_{};
+};
+
+/// Column bounds (blocks + 1 values from 0 to cols) of `blocks` equal input-channel blocks of a matrix with `cols`
+/// columns, rounded to multiples of 32 (whole words of packed bits) where cols allows distinct ones.
+inline std::vector<index_t> column_block_bounds(index_t cols, int blocks) {
+  std::vector<index_t> bounds(static_cast<std::size_t>(blocks) + 1, cols);
+  bounds[0] = 0;
+  bool distinct = true;
+  for (int b = 1; b < blocks; ++b) {
+    bounds[static_cast<std::size_t>(b)] = (cols * b / blocks + 16) / 32 * 32;
+    distinct = distinct && bounds[static_cast<std::size_t>(b)] > bounds[static_cast<std::size_t>(b) - 1];
+  }
+  distinct = distinct && bounds[static_cast<std::size_t>(blocks)] > bounds[static_cast<std::size_t>(blocks) - 1];
+  if (!distinct)
+    for (int b = 1; b < blocks; ++b) bounds[static_cast<std::size_t>(b)] = cols * b / blocks;
+  return bounds;
+}
+
+/// A maximal range of adjacent blocks of one precision: columns [begin, end).
+struct precision_run {
+  index_t begin = 0, end = 0;
+  int precision = 0;
+  friend bool operator==(const precision_run&, const precision_run&) = default;
+};
+
+/// The runs of a linear with `cols` columns whose `blocks` blocks have precisions `p`.
+inline std::vector<precision_run> precision_runs(const block_precisions& p, int blocks, index_t cols) {
+  const std::vector<index_t> bounds = column_block_bounds(cols, blocks);
+  std::vector<precision_run> runs;
+  for (int b = 0; b < blocks; ++b) {
+    const index_t begin = bounds[static_cast<std::size_t>(b)], end = bounds[static_cast<std::size_t>(b) + 1];
+    if (begin == end) continue;  // fewer columns than blocks
+    if (!runs.empty() && runs.back().precision == p[b]) runs.back().end = end;
+    else runs.push_back({begin, end, p[b]});
+  }
+  return runs;
+}
+
 /// The decision for one decoder layer.
 struct layer_decision {
   index_t groups = 0;    ///< kept KV groups, in [1, kv_heads]
   int channel_level = 0; ///< index into the profile's channel levels (0 = every channel)
-  std::array<int, linears_per_layer> precision{};  ///< index into the menu, per linear
+  std::array<block_precisions, linears_per_layer> precision{};  ///< menu indices, per linear and input block
 
   friend bool operator==(const layer_decision&, const layer_decision&) = default;
 };
