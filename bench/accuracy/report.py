@@ -106,7 +106,8 @@ def markdown(rows):
            "the model's calibration file; **val** is the last 10% of that file, the only set hyperparameters may be "
            "chosen on. *full bpw* counts every stored bit of the quantized linear layers (signs, scales, group ids, "
            "salient positions and values); *paper bpw* counts what papers usually report. FP rows: the source dtype "
-           "(bf16 = 16, f32 = 32). Rows with several calibration seeds show mean ± half the range (n = seeds).",
+           "(bf16 = 16, f32 = 32). Rows with several calibration seeds show mean ± half the range (n = seeds). "
+           "togaN@X: toga with N input-channel blocks per linear, each with its own precision (--column-blocks N).",
            ""]
     for model in ("gutenberg", "stories"):
         if model not in rows:

@@ -272,7 +272,8 @@ class toga_session {
       for (auto& q : lp.quant_loss) {
         std::vector<double> sum(static_cast<std::size_t>(menu), 0.0);
         for (int b = 0; b < profile_.column_blocks; ++b)
-          for (int pi = 0; pi < menu; ++pi) sum[static_cast<std::size_t>(pi)] += q[static_cast<std::size_t>(b * menu + pi)];
+          for (int pi = 0; pi < menu; ++pi)
+            sum[static_cast<std::size_t>(pi)] += q[static_cast<std::size_t>(b * menu + pi)];
         q = std::move(sum);
       }
     return p;
@@ -545,7 +546,8 @@ class toga_session {
   /// KL on the scoring windows of the model whose layers are `matrices` (as matrices_of orders them).
   result<double> kl_of(const std::vector<const cached_linear*>& matrices) {
     std::vector<std::array<std::unique_ptr<linear_layer>, linear_kinds>> layers(matrices.size() / linear_kinds);
-    for (std::size_t i = 0; i < matrices.size(); ++i) layers[i / linear_kinds][i % linear_kinds] = make_linear(*matrices[i]);
+    for (std::size_t i = 0; i < matrices.size(); ++i)
+      layers[i / linear_kinds][i % linear_kinds] = make_linear(*matrices[i]);
     return with_layers_swapped(0, layers, [&] { return kl_from(0); });
   }
 
@@ -556,7 +558,8 @@ class toga_session {
     const bool attention = static_cast<int>(kind) <= static_cast<int>(linear_kind::o);
     const index_t prune_key = attention ? groups : level;
     std::uint64_t code = 0;  // the blocks' precisions as digits in base menu
-    for (int b = profile_.column_blocks; b-- > 0;) code = code * profile_.precisions.size() + static_cast<std::uint64_t>(bp[b]);
+    for (int b = profile_.column_blocks; b-- > 0;)
+      code = code * profile_.precisions.size() + static_cast<std::uint64_t>(bp[b]);
     const auto key = std::make_tuple(l, static_cast<int>(kind), code, prune_key);
     if (auto it = quantized_.find(key); it != quantized_.end()) {
       if (!it->second.ok()) return it->second.as_outcome();

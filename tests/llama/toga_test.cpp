@@ -325,7 +325,8 @@ TEST_CASE("toga with input-channel blocks on stories260k: mixed blocks, exact bi
     for (const auto& t : q->tensors) parts_after_first += t.columns && t.columns->begin > 0;
     CHECK(q->boundary_bits == toga::run_boundary_bits * parts_after_first);
     CHECK(q->packed_bits.full_bits() + q->mask_bits + q->boundary_bits <= toga::budget_bits(p, budget));
-    CHECK(toga::configuration_bits(p, q->configuration) >= q->packed_bits.full_bits() + q->mask_bits + q->boundary_bits);
+    CHECK(toga::configuration_bits(p, q->configuration) >=
+          q->packed_bits.full_bits() + q->mask_bits + q->boundary_bits);
     if (!r || parts_after_first > most_parts) r = std::move(q).value(), bpw = budget, most_parts = parts_after_first;
   }
   MESSAGE("stories260k, 2 blocks per linear: " << most_parts << " extra column parts at " << bpw << " full bpw");

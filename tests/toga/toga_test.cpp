@@ -37,7 +37,8 @@ toga::profile random_profile(index_t layers, std::uint64_t seed, bool wide = fal
     lp.attention_loss.assign(static_cast<std::size_t>(groups + 1), 0.0);  // [groups] = 0: nothing pruned
     lp.attention_loss[0] = std::numeric_limits<double>::infinity();
     for (index_t g = groups - 1; g >= 1; --g)
-      lp.attention_loss[static_cast<std::size_t>(g)] = lp.attention_loss[static_cast<std::size_t>(g + 1)] + 0.1 + rng.uniform();
+      lp.attention_loss[static_cast<std::size_t>(g)] =
+          lp.attention_loss[static_cast<std::size_t>(g + 1)] + 0.1 + rng.uniform();
     const double m1 = 0.05 + 0.5 * rng.uniform();
     lp.mlp_loss = {0.0, m1, m1 + 0.1 + rng.uniform()};
     for (auto& q : lp.quant_loss) {

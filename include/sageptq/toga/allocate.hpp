@@ -407,7 +407,8 @@ inline double lagrangian_linear(const profile& p, index_t l, layer_decision& d, 
         const index_t run_cols = bounds[static_cast<std::size_t>(j)] - bounds[static_cast<std::size_t>(i)];
         const double c = best[static_cast<std::size_t>(i)] + loss * kept +
                          lambda * static_cast<double>(run_bits(p, rows, run_cols, pi, i == 0));
-        if (c < best[static_cast<std::size_t>(j)]) best[static_cast<std::size_t>(j)] = c, from[static_cast<std::size_t>(j)] = {i, pi};
+        if (c < best[static_cast<std::size_t>(j)])
+          best[static_cast<std::size_t>(j)] = c, from[static_cast<std::size_t>(j)] = {i, pi};
       }
   block_precisions& out = d.precision[static_cast<std::size_t>(k)];
   for (int j = blocks; j > 0;) {

@@ -136,7 +136,8 @@ inline constexpr std::uint64_t run_boundary_bits = 32;
 /// equal decisions compare equal.
 class block_precisions {
  public:
-  constexpr block_precisions(int every_block = 0) noexcept { slots_.fill(static_cast<std::int8_t>(every_block)); }  // NOLINT: implicit on purpose
+  // NOLINTNEXTLINE(google-explicit-constructor): implicit on purpose, a linear at one precision on every block
+  constexpr block_precisions(int every_block = 0) noexcept { slots_.fill(static_cast<std::int8_t>(every_block)); }
 
   [[nodiscard]] constexpr int operator[](int block) const noexcept { return slots_[static_cast<std::size_t>(block)]; }
   /// Block `block` of `blocks` gets precision `p`.
