@@ -69,7 +69,8 @@ inline result<quantize_result> quantize_model(model& m, const sageptq::pipeline:
   const auto& cfg = m.config();
   const index_t total = m.layer_count() * linear_kinds;
   quantize_result out;
-  // A budget is the mean over every linear layer of the model: spread it over the matrices by their fixed costs.
+  // A budget is the mean over every linear layer of the model: spread over the matrices by their fixed costs, and
+  // what a matrix leaves of its share goes to those after it (pipeline::budget_ledger).
   std::vector<pipeline::matrix_extent> extents;
   for (index_t l = 0; l < m.layer_count(); ++l)
     for (int k = 0; k < linear_kinds; ++k) {
@@ -77,13 +78,14 @@ inline result<quantize_result> quantize_model(model& m, const sageptq::pipeline:
       SAGEPTQ_ASSERT(dense != nullptr);
       extents.push_back({dense->out_features(), dense->in_features()});
     }
-  auto methods = pipeline::spread_budget(opt.method, extents);
-  if (!methods.ok()) return methods.as_outcome();
-  const auto method_of = [&](index_t l, linear_kind kind) -> const pipeline::method& {
-    return (*methods)[static_cast<std::size_t>(l * linear_kinds + static_cast<int>(kind))];
+  auto ledger = pipeline::budget_ledger::create(opt.method, extents);
+  if (!ledger.ok()) return ledger.as_outcome();
+  const auto index_of = [](index_t l, linear_kind kind) {
+    return static_cast<std::size_t>(l * linear_kinds + static_cast<int>(kind));
   };
   const auto finish = [&](index_t l, linear_kind kind, result<pipeline::matrix_result> q) -> sageptq::outcome {
     if (!q.has_value()) return sageptq::fail(q.code(), weight_name(l, kind) + ": " + q.message());
+    ledger->record(index_of(l, kind), q->report.bits.full_bits());
     m.set_linear(l, kind, std::make_unique<packed_linear>(q->packed));
     out.tensors.push_back({weight_name(l, kind), std::move(q->packed), std::move(q->report)});
     if (opt.progress) opt.progress(static_cast<index_t>(out.tensors.size()), total);
@@ -96,7 +98,9 @@ inline result<quantize_result> quantize_model(model& m, const sageptq::pipeline:
         const auto kind = static_cast<linear_kind>(k);
         const dense_linear* dense = m.layer(l).dense(kind);
         SAGEPTQ_ASSERT(dense != nullptr);
-        if (auto ok = finish(l, kind, pipeline::quantize_matrix(dense->weight(), nullptr, method_of(l, kind), exec)); !ok)
+        auto method = ledger->method_for(index_of(l, kind));
+        if (!method.ok()) return method.as_outcome();
+        if (auto ok = finish(l, kind, pipeline::quantize_matrix(dense->weight(), nullptr, *method, exec)); !ok)
           return ok;
       }
     return out;
@@ -145,7 +149,9 @@ inline result<quantize_result> quantize_model(model& m, const sageptq::pipeline:
         const linear_kind kind = kind_of_plan_name(name);
         const dense_linear* dense = m.layer(l).dense(kind);
         SAGEPTQ_ASSERT(dense != nullptr);
-        if (auto ok = finish(l, kind, calibrator->quantize(name, dense->weight(), method_of(l, kind), exec)); !ok) return ok;
+        auto method = ledger->method_for(index_of(l, kind));
+        if (!method.ok()) return method.as_outcome();
+        if (auto ok = finish(l, kind, calibrator->quantize(name, dense->weight(), *method, exec)); !ok) return ok;
       }
     }
     run_layer(l, {}, true);  // the next layer's inputs, through the quantized layer

@@ -7,7 +7,8 @@
 /// Steps (each a library stage, each choice a config field; docs/algorithms.md §1.2 has the reconstruction):
 ///  1. Saliency: a score per input channel (default Hessian-weighted, sum_i w_ij^2 / U_jj^2); candidate salient sets
 ///     are the channels above mu + t * sigma of the scores for every t of `sigma_grid`, the top fractions of
-///     `fraction_grid`, and the empty set; each non-empty set is tried with every width of `salient_bits_grid`.
+///     `fraction_grid`, and the empty set, each also grown and shrunk to fill whole sign rows (snap_to_sign_rows);
+///     each non-empty set is tried with every width of `salient_bits_grid`.
 ///  2. Groups: the binarized channels are clustered into G column groups (group::column_groups), and the scale of
 ///     weight (r, c) is alpha_r * beta_g(c) (quant::fit_factorized, weighted by diag H): structural groups that the
 ///     decoder derives from G + 1 offsets, so G costs almost no bits (format/sage.hpp).
@@ -79,6 +80,11 @@ struct sage_config {
   /// up to 0.5, 1.93 and 34.7 with these).
   std::vector<double> fraction_grid = {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9};
   std::vector<int> group_grid = {1, 2, 4, 8, 16, 32, 64};  ///< candidate G (column groups cost ~48 bits each)
+  /// Also try each salient set grown and shrunk (by score) until the binarized channels fill whole 16-byte sign
+  /// rows: a row's tail is padding the budget pays for (gutenberg-llama-20m at 1.5-2.5 bpw: 0.07-0.11 bpw of
+  /// padding without this; val ppl at 1.5: 47.6 -> 46.3). Not with 4-byte rows (at most 31 bits of padding): there
+  /// the extra candidates only displaced better ones from the screening (stories260k at 2.11: ppl 266 -> 389).
+  bool snap_to_sign_rows = true;
   /// Candidates that get the full quantization (>= 1). The proxy ranks poorly (gutenberg-llama-20m at 1.1 bpw, val
   /// ppl: 151 with 3, 136 with 8), while the compensation of a candidate costs little next to the calibration.
   int screened_candidates = 8;
@@ -288,19 +294,37 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   for (double t : cfg.sigma_grid) rules.push_back(saliency::split_rule::sigmas(t));
   for (double p : cfg.fraction_grid) rules.push_back(saliency::split_rule::top(p));
   std::vector<std::vector<index_t>> salient_sets{{}};
-  for (const auto& rule : rules) {
+  const bool word_rows = sage_word_rows(cfg, cols);
+  const auto add_set = [&](saliency::split_rule rule) -> outcome {
     auto set = saliency::split(*scored, rule);
     if (!set.ok()) return set.as_outcome();
-    if (std::ssize(set->indices) >= cols) continue;  // at least one binarized column
+    if (std::ssize(set->indices) >= cols) return {};  // at least one binarized column
     if (std::find(salient_sets.begin(), salient_sets.end(), set->indices) == salient_sets.end())
       salient_sets.push_back(std::move(set->indices));
+    return {};
+  };
+  for (const auto& rule : rules)
+    if (auto ok = add_set(rule); !ok) return ok;
+  if (cfg.snap_to_sign_rows && !word_rows) {  // 4-byte rows pad at most 31 bits: not worth more candidates
+    const index_t row_bits = 128;
+    const auto top = [&](index_t n) {
+      return saliency::split_rule::top(static_cast<double>(n) / static_cast<double>(cols));
+    };
+    for (std::size_t i = 0, n = salient_sets.size(); i < n; ++i) {
+      const index_t binarized = cols - std::ssize(salient_sets[i]);
+      if (binarized % row_bits == 0) continue;
+      const index_t fewer = cols - std::min(cols, (binarized + row_bits - 1) / row_bits * row_bits);
+      const index_t more = cols - binarized / row_bits * row_bits;
+      if (auto ok = add_set(top(fewer)); !ok) return ok;
+      if (more < cols)
+        if (auto ok = add_set(top(more)); !ok) return ok;
+    }
   }
   report.times.saliency = detail::seconds_since(t0);
 
   // Candidates within the budget.
   t0 = clock::now();
   std::vector<detail::sage_candidate> candidates;
-  const bool word_rows = sage_word_rows(cfg, cols);
   double cheapest = std::numeric_limits<double>::infinity();
   for (const auto& set : salient_sets)
     for (int bits : set.empty() ? std::vector<int>{0} : cfg.salient_bits_grid)
