@@ -367,7 +367,8 @@ TEST_CASE("column_block_factor: the whole range is the factor itself; a block's 
 
 TEST_CASE("column_block_factor rejects act order and empty or out-of-range blocks") {
   const auto f = correlated_factor(200, 40, 5);
-  for (auto [b, e] : {std::pair<index_t, index_t>{0, 0}, {10, 10}, {12, 11}, {-1, 5}, {30, 41}, {40, 40}}) {
+  for (const auto& range : {std::pair<index_t, index_t>{0, 0}, {10, 10}, {12, 11}, {-1, 5}, {30, 41}, {40, 40}}) {
+    const index_t b = range.first, e = range.second;  // not a structured binding: CAPTURE's lambda captures them
     CAPTURE(b);
     CAPTURE(e);
     auto g = calib::column_block_factor(f, b, e);
