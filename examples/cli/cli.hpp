@@ -64,6 +64,8 @@ inline constexpr const char* usage =
     "  sageptq quantize --model DIR --calib TOKENS --method NAME [--bits B] [--group G] [--target-bpw X[,X...]]\n"
     "                   [--calib-windows N] [--ctx N] [--seed S] [--threads T] --out FILE [--report FILE.json]\n"
     "                   toga only: [--column-blocks N] (input-channel blocks per linear, each its own precision)\n"
+    "                   [--precisions gptq1,sage@1.1,gptq2,gptq3] (the menu: gptqB for B-bit, sage@X for X full bpw)\n"
+    "                   [--score-windows N] (calibration windows the search scores its KL on; default 4)\n"
     "  sageptq eval     [--model DIR] [--quantized FILE] --tokens TOKENS [--ctx N] [--max-windows N] [--threads T]\n"
     "  sageptq generate [--model DIR] [--quantized FILE] --prompt-tokens TOKENS --n N\n";
 
@@ -256,17 +258,25 @@ inline std::optional<cli_error> quantize_toga(const options& opt, const quantize
     if (opt.has(option)) return cli_error{2, std::string("--") + option + " does not apply to method toga"};
   if (!opt.has("calib") || s.budgets.empty())
     return cli_error{2, "method toga needs --calib TOKENS and --target-bpw X[,X...]"};
+  llama::toga_options topt;
+  if (const auto menu_text = opt.text("precisions")) {
+    auto menu = sageptq::toga::parse_precisions(*menu_text);
+    if (!menu.ok()) return cli_error{2, "--precisions: " + menu.message()};
+    topt.precisions = std::move(*menu);
+  }
   auto m = llama::model::load(s.model_dir);
   if (!m.ok()) return error_of(m.as_outcome());
   sageptq::pipeline::token_windows windows;
   if (auto e = calibration_windows(opt, s, m->config(), windows)) return e;
 
   const sageptq::thread_executor exec(static_cast<unsigned>(s.threads));
-  llama::toga_options topt;
   topt.refine.seed = static_cast<std::uint64_t>(s.seed);
   long long column_blocks = topt.column_blocks;
   if (auto e = opt.integer("column-blocks", 1, sageptq::toga::max_column_blocks, column_blocks)) return e;
   topt.column_blocks = static_cast<int>(column_blocks);
+  long long score_windows = topt.score_windows;
+  if (auto e = opt.integer("score-windows", 1, 1 << 20, score_windows)) return e;
+  topt.score_windows = static_cast<index_t>(score_windows);
   std::map<std::string, std::unique_ptr<progress_bar>> bars;
   topt.progress = [&](const std::string& stage, index_t done, index_t total) {
     auto& bar = bars[stage];
@@ -317,7 +327,8 @@ inline std::optional<cli_error> quantize(const options& opt, std::ostream& out, 
   if (auto e = parse_quantize_settings(opt, s)) return e;
   const std::string method_name = *opt.text("method");
   if (method_name == "toga") return quantize_toga(opt, s, out, err);
-  if (opt.has("column-blocks")) return cli_error{2, "--column-blocks does not apply to method " + method_name};
+  for (const char* option : {"column-blocks", "precisions", "score-windows"})
+    if (opt.has(option)) return cli_error{2, std::string("--") + option + " does not apply to method " + method_name};
   sageptq::pipeline::method_options method_opt;
   nlohmann::ordered_json options_json = nlohmann::ordered_json::object();
   long long bits = 0, group = 0;
@@ -507,8 +518,7 @@ inline int run_cli(std::span<const std::string> args, std::ostream& out, std::os
   const std::map<std::string, std::set<std::string>> allowed = {
       {"quantize",
        {"model", "calib", "method", "bits", "group", "target-bpw", "calib-windows", "ctx", "seed", "threads", "out",
-        "column-blocks",
-        "report"}},
+        "column-blocks", "precisions", "score-windows", "report"}},
       {"eval", {"model", "quantized", "tokens", "ctx", "max-windows", "threads"}},
       {"generate", {"model", "quantized", "prompt-tokens", "n"}}};
   const auto it = allowed.find(command);

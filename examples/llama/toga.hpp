@@ -229,9 +229,15 @@ class toga_session {
                         {"channels", kept_channels(l, d.channel_level)},
                         {"precision", std::move(precisions)}});
     }
-    return {{"target_bpw", target_bpw},        {"full_bpw", r.full_bpw()},
-            {"mask_bits", r.mask_bits},         {"boundary_bits", r.boundary_bits},
-            {"column_blocks", profile_.column_blocks}, {"score_kl", r.score},
+    nlohmann::ordered_json menu = nlohmann::ordered_json::array();
+    for (const toga::precision& p : profile_.precisions) menu.push_back(p.name());
+    return {{"target_bpw", target_bpw},
+            {"full_bpw", r.full_bpw()},
+            {"mask_bits", r.mask_bits},
+            {"boundary_bits", r.boundary_bits},
+            {"column_blocks", profile_.column_blocks},
+            {"precisions", std::move(menu)},
+            {"score_kl", r.score},
             {"layers", std::move(layers)}};
   }
 

@@ -164,6 +164,12 @@ TEST_CASE("cli: options that do not apply and bad input are errors with a clear 
   expect(cli({"quantize", "--model", model_dir, "--method", "rtn", "--calib-windows", "4", "--out", out}), 2,
          "--calib-windows does not apply to method rtn");
   expect(cli({"quantize", "--model", model_dir, "--method", "gptq", "--out", out}), 2, "needs --calib");
+  expect(cli({"quantize", "--model", model_dir, "--calib", calib_tokens, "--method", "sage", "--precisions", "gptq2",
+              "--out", out}),
+         2, "--precisions does not apply to method sage");
+  expect(cli({"quantize", "--model", model_dir, "--calib", calib_tokens, "--method", "toga", "--target-bpw", "1.5",
+              "--precisions", "gptq1,gptq9", "--out", out}),
+         2, "--precisions: precision \"gptq9\"");
   expect(cli({"quantize", "--model", model_dir, "--calib", calib_tokens, "--method", "sage", "--target-bpw", "1.1,1.5",
               "--out", out}),
          2, "must contain {bpw}");

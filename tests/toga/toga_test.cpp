@@ -132,6 +132,32 @@ TEST_CASE("toga: uniform precision bits are exactly those of the packed gptq mat
   CHECK(sage.bits_bound(10, 100) == 1250);
 }
 
+TEST_CASE("toga: a precision menu parses from its names and rejects anything else") {
+  const auto menu = toga::parse_precisions("gptq1,sage@1.1,gptq2,gptq3");
+  REQUIRE_MESSAGE(menu.ok(), menu.message());
+  const auto defaults = toga::default_precisions();
+  REQUIRE(menu->size() == defaults.size());
+  for (std::size_t i = 0; i < defaults.size(); ++i) {
+    CHECK((*menu)[i].type == defaults[i].type);
+    CHECK((*menu)[i].bits == defaults[i].bits);
+    CHECK((*menu)[i].target_bpw == defaults[i].target_bpw);
+    const auto again = toga::parse_precision(defaults[i].name());  // name() and the parser are inverses
+    REQUIRE(again.ok());
+    CHECK(again->name() == defaults[i].name());
+  }
+  const auto sage2 = toga::parse_precision("sage@2");
+  REQUIRE(sage2.ok());
+  CHECK(sage2->type == toga::precision::kind::sage);
+  CHECK(sage2->target_bpw == 2.0);
+  for (const char* bad : {"", "gptq", "gptq0", "gptq9", "gptq2x", "sage@", "sage@0.5", "sage@nan", "sage@1.1.1",
+                          "rtn2", "gptq1,", ",gptq1", "gptq1,,gptq2", "gptq2,sage@1.1,gptq2", " gptq1"}) {
+    CAPTURE(bad);
+    const auto parsed = toga::parse_precisions(bad);
+    CHECK(parsed.code() == sageptq::status::invalid_argument);
+    CHECK_FALSE(parsed.has_value());
+  }
+}
+
 TEST_CASE("toga: per-row gptq of the kept rows equals the kept rows of per-row gptq (what row pruning reuses)") {
   sageptq::random_generator rng(5);
   const index_t rows = 24, cols = 40;

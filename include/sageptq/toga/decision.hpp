@@ -25,11 +25,15 @@
 /// Pruned weights cost 0 bits but stay in the denominator: full bpw = all bits / the source model's linear weights.
 /// Standard library only; no threads.
 
+#include <algorithm>
 #include <array>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -124,6 +128,49 @@ struct precision {
 inline std::vector<precision> default_precisions() {
   return {{precision::kind::uniform, 1, 0}, {precision::kind::sage, 0, 1.1}, {precision::kind::uniform, 2, 0},
           {precision::kind::uniform, 3, 0}};
+}
+
+/// The precision that precision::name() spells: "gptqB" (B in [1, 8]) or "sage@X" (X in [1, 8]); invalid_argument
+/// for anything else.
+inline result<precision> parse_precision(std::string_view name) {
+  const auto bad = [&] {
+    return fail(status::invalid_argument,
+                "precision \"" + std::string(name) + "\": expected gptqB (B in [1, 8]) or sage@X (X in [1, 8])");
+  };
+  const auto whole_number = [](std::string_view text, auto& value) {
+    const char* end = text.data() + text.size();
+    const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+    return !text.empty() && ec == std::errc{} && ptr == end;
+  };
+  if (name.starts_with("gptq")) {
+    int bits = 0;
+    if (!whole_number(name.substr(4), bits) || bits < 1 || bits > 8) return bad();
+    return precision{precision::kind::uniform, bits, 0};
+  }
+  if (name.starts_with("sage@")) {
+    double bpw = 0;
+    if (!whole_number(name.substr(5), bpw) || !(bpw >= 1 && bpw <= 8)) return bad();
+    return precision{precision::kind::sage, 0, bpw};
+  }
+  return bad();
+}
+
+/// A menu from comma-separated names ("gptq1,sage@1.1,gptq2,gptq3" is the default), kept in the given order;
+/// invalid_argument for an empty list, a bad name or a repeated one.
+inline result<std::vector<precision>> parse_precisions(std::string_view list) {
+  std::vector<precision> menu;
+  std::vector<std::string> names;
+  for (std::size_t begin = 0; begin <= list.size();) {
+    const std::size_t end = std::min(list.find(',', begin), list.size());
+    auto p = parse_precision(list.substr(begin, end - begin));
+    if (!p.ok()) return p.as_outcome();
+    if (std::find(names.begin(), names.end(), p->name()) != names.end())
+      return fail(status::invalid_argument, "precision " + p->name() + " appears twice in the menu");
+    names.push_back(p->name());
+    menu.push_back(*p);
+    begin = end + 1;
+  }
+  return menu;
 }
 
 /// The most input-channel blocks per linear a profile may have.
