@@ -96,6 +96,7 @@ struct toga_result {
   double predicted_loss = 0;                           ///< the profile's prediction for `configuration`
   double allocated_score = 0, score = 0;               ///< KL on the scoring windows: allocation, final
   int evaluations = 0;                                 ///< end-to-end scores the refinement computed
+  int slack_fills = 0;                                 ///< accepted rounds of spend_slack
 
   [[nodiscard]] double full_bpw() const noexcept {
     return static_cast<double>(packed_bits.full_bits() + mask_bits + boundary_bits) /
@@ -156,7 +157,7 @@ class toga_session {
     return kl_of(*matrices);
   }
 
-  /// Steps 3 and 4 for one budget. allocate's, refine's and the quantizers' statuses; numerical_issue (with the
+  /// Steps 3 and 4 for one budget, then the bits sage left unspent spent (spend_slack). allocate's, refine's and the quantizers' statuses; numerical_issue (with the
   /// result) if exact bits exceed the budget, which the bounds of toga/decision.hpp exclude.
   result<toga_result> compress(double target_bpw) {
     auto start = toga::allocate(profile_, target_bpw);
@@ -183,6 +184,9 @@ class toga_session {
     out.configuration = refined->best;
     out.allocated_score = refined->start_score;
     out.score = refined->best_score;
+    auto fills = spend_slack(out.configuration, out.score, target_bpw);
+    if (!fills.ok()) return fills.as_outcome();
+    out.slack_fills = *fills;
     out.evaluations = refined->evaluations;
     out.predicted_loss = toga::predicted_loss(profile_, out.configuration);
     out.source_weights = profile_.shape.source_weights();
@@ -205,6 +209,47 @@ class toga_session {
     if (out.packed_bits.full_bits() + out.mask_bits + out.boundary_bits > toga::budget_bits(profile_, target_bpw))
       return {std::move(out), status::numerical_issue, "TOGA: exact bits exceed the budget"};
     return out;
+  }
+
+  /// Exact full bits of configuration `c` (its linears quantized, cached): packed bits, masks and run boundaries.
+  result<std::uint64_t> exact_bits(const toga::configuration& c) {
+    auto matrices = matrices_of(c);
+    if (!matrices.ok()) return matrices.as_outcome();
+    std::uint64_t bits = profile_.shape.mask_bits();
+    for (const cached_linear* q : *matrices) {
+      for (const cached_part& part : *q) bits += sageptq::io::packed_bits(part.packed).full_bits();
+      bits += toga::run_boundary_bits * (q->size() - 1);
+    }
+    return bits;
+  }
+
+  /// The refined configuration can leave bits unspent: a sage run spends at most its budget (the bound that
+  /// toga/decision.hpp counts) and often less (discrete salient sets, whole sign rows: sage@2 matrices of
+  /// gutenberg-llama-20m land at 1.80-1.98 bpw), and the search keeps whichever candidate scores best, full or not.
+  /// Up to max_slack_rounds times: fill the budget greedily under the prediction (single changes only: pair
+  /// exchanges undo what the search chose) with the unspent exact bits added, and keep the result where its exact
+  /// bits fit and it scores lower. Returns the rounds kept.
+  static constexpr int max_slack_rounds = 2;
+  result<int> spend_slack(toga::configuration& c, double& score_of_c, double target_bpw) {
+    const std::uint64_t budget = toga::budget_bits(profile_, target_bpw);
+    int round = 0;
+    for (; round < max_slack_rounds; ++round) {
+      auto exact = exact_bits(c);
+      if (!exact.ok()) return exact.as_outcome();
+      if (*exact >= budget) return round;
+      toga::configuration filled = c;
+      toga::fill_budget(profile_, filled, toga::configuration_bits(profile_, c) + (budget - *exact));
+      if (filled == c) return round;
+      auto filled_exact = exact_bits(filled);
+      if (!filled_exact.ok()) return filled_exact.as_outcome();
+      if (*filled_exact > budget) return round;
+      auto filled_score = score(filled);
+      if (!filled_score.ok()) return filled_score.as_outcome();
+      if (!(*filled_score < score_of_c)) return round;
+      c = std::move(filled);
+      score_of_c = *filled_score;
+    }
+    return round;
   }
 
   /// The kept KV groups and MLP channels of every layer (source indices, ascending) as the quantized model file's
@@ -238,6 +283,7 @@ class toga_session {
             {"column_blocks", profile_.column_blocks},
             {"precisions", std::move(menu)},
             {"score_kl", r.score},
+            {"slack_fills", r.slack_fills},
             {"layers", std::move(layers)}};
   }
 
