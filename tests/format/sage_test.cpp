@@ -14,6 +14,8 @@
 #include "sageptq/quant/binarize.hpp"
 #include "sageptq/quant/residual.hpp"
 
+#include "support/same_bits.hpp"
+
 namespace sp = sageptq;
 using sp::index_t;
 using sp::format::sage_group_mode;
@@ -152,9 +154,7 @@ std::vector<float> decoded(const sp::format::sage_matrix& m) {
   return out;
 }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
+using sageptq_test::same_bits;
 
 std::vector<case_spec> variety() {
   std::vector<case_spec> cases;

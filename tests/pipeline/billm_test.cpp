@@ -18,30 +18,15 @@
 #include <sageptq/quant/error.hpp>
 #include <sageptq/synthetic/layer.hpp>
 
+#include "support/calibrated_layer.hpp"
+
 using namespace sageptq;
 
 namespace {
 
-struct problem {
-  synthetic::layer layer;
-  calib::hessian_factor factor;
-  [[nodiscard]] matrix_view<const float> w() const { return layer.weight_view(); }
-};
-
-problem make_problem(index_t rows, index_t cols, index_t samples, std::uint64_t seed) {
-  synthetic::layer_config cfg;
-  cfg.rows = rows;
-  cfg.cols = cols;
-  cfg.samples = samples;
-  cfg.seed = seed;
-  problem p{synthetic::make_layer(cfg), {}};
-  calib::hessian_accumulator acc(cols);
-  REQUIRE(acc.add_batch(p.layer.activation_view()).ok());
-  auto f = calib::prepare(acc);
-  REQUIRE(f.ok());
-  p.factor = std::move(f).value();
-  return p;
-}
+using problem = sageptq_test::calibrated_problem;
+using sageptq_test::make_calibrated_problem;
+using sageptq_test::same_bits;
 
 // ---- The plain reference: BiLLM's code, one block at a time, on row-major rows x width matrices ----------------
 
@@ -234,10 +219,6 @@ void check_against_reference(const problem& p, const pipeline::billm_config& cfg
   CHECK(worst <= tolerance);
 }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 std::vector<float> decoded(const format::billm_matrix& m) {
   std::vector<float> out(static_cast<std::size_t>(m.rows * m.cols));
   format::decode(m.view(), make_matrix_view(out.data(), m.rows, m.cols));
@@ -247,7 +228,7 @@ std::vector<float> decoded(const format::billm_matrix& m) {
 }  // namespace
 
 TEST_CASE("billm matches a plain transcription of BiLLM's code (16 x 300: ragged last block)") {
-  const problem p = make_problem(16, 300, 600, 3);
+  const problem p = make_calibrated_problem(16, 300, 3, 600);
   pipeline::billm_config cfg;
   SUBCASE("hessian metric, no compensation: every block bit for bit") {
     cfg.compensate = false;
@@ -290,7 +271,7 @@ TEST_CASE("billm_search: the break-point quantiles count the zeroed salient entr
 TEST_CASE("billm: decode(packed) == dequantized bit for bit, bits = bytes stored, report filled") {
   for (const index_t cols : {256, 172, 129}) {  // 129: a last block of one column
     CAPTURE(cols);
-    const problem p = make_problem(24, cols, 400, 5 + static_cast<std::uint64_t>(cols));
+    const problem p = make_calibrated_problem(24, cols, 5 + static_cast<std::uint64_t>(cols), 400);
     for (const auto metric : {pipeline::billm_metric::hessian, pipeline::billm_metric::magnitude}) {
       pipeline::billm_config cfg;
       cfg.salient_metric = metric;
@@ -318,7 +299,7 @@ TEST_CASE("billm: compensation lowers the Hessian-weighted error") {
   double with = 0, without = 0;
   int wins = 0;
   for (std::uint64_t seed = 0; seed < 6; ++seed) {
-    const problem p = make_problem(32, 384, 768, 100 + seed);
+    const problem p = make_calibrated_problem(32, 384, 100 + seed, 768);
     pipeline::billm_config cfg;
     const auto a = pipeline::quantize_billm(p.w(), p.factor, cfg);
     cfg.compensate = false;
@@ -335,7 +316,7 @@ TEST_CASE("billm: compensation lowers the Hessian-weighted error") {
 }
 
 TEST_CASE("billm: identical output for 1 and 2 threads") {
-  const problem p = make_problem(40, 300, 500, 17);
+  const problem p = make_calibrated_problem(40, 300, 17, 500);
   const auto a = pipeline::quantize_billm(p.w(), p.factor, {}, inline_executor{});
   const auto b = pipeline::quantize_billm(p.w(), p.factor, {}, thread_executor(2));
   REQUIRE(a.ok());
@@ -348,7 +329,7 @@ TEST_CASE("billm: identical output for 1 and 2 threads") {
 }
 
 TEST_CASE("billm: bad input gives a clear status") {
-  const problem p = make_problem(8, 64, 128, 23);
+  const problem p = make_calibrated_problem(8, 64, 23, 128);
   std::vector<float> w = p.layer.weights;
   const auto wv = make_matrix_view(std::as_const(w).data(), 8, 64);
   pipeline::billm_config cfg;
@@ -375,7 +356,7 @@ TEST_CASE("billm: bad input gives a clear status") {
 
 TEST_CASE("billm: bits per weight and relative output error against q1_0 and 2-bit rtn") {
   for (const auto& [rows, cols] : {std::pair<index_t, index_t>{512, 512}, {1408, 512}}) {
-    const problem p = make_problem(rows, cols, 1024, 31);
+    const problem p = make_calibrated_problem(rows, cols, 31, 1024);
     auto billm = pipeline::quantize_billm(p.w(), p.factor, {}, thread_executor(2));
     auto q1 = pipeline::quantize_q1_0_method(p.w(), &p.factor);
     auto rtn2 = pipeline::quantize_rtn_method(p.w(), quant::rtn_config{2, 128, false}, &p.factor);

@@ -15,42 +15,16 @@
 #include <sageptq/pipeline/quantize_matrix.hpp>
 #include <sageptq/synthetic/layer.hpp>
 
+#include "support/calibrated_layer.hpp"
+
 using namespace sageptq;
 
 namespace {
 
-struct problem {
-  synthetic::layer layer;
-  calib::hessian_factor factor;
-};
-
-/// A synthetic layer (heavy-tailed weights, outlier input channels, correlated activations) and its factor;
-/// `dead` >= 0 zeroes that input channel's activations, making it a dead column.
-problem make_problem(index_t rows, index_t cols, std::uint64_t seed, index_t dead = -1, bool act_order = false) {
-  synthetic::layer_config cfg;
-  cfg.rows = rows;
-  cfg.cols = cols;
-  cfg.samples = 2 * cols;
-  cfg.seed = seed;
-  problem p{synthetic::make_layer(cfg), {}};
-  if (dead >= 0)
-    for (index_t s = 0; s < p.layer.samples; ++s) p.layer.activations[static_cast<std::size_t>(s * cols + dead)] = 0;
-  calib::hessian_accumulator acc(cols);
-  REQUIRE(acc.add_batch(p.layer.activation_view()).ok());
-  calib::prepare_options opt;
-  opt.act_order = act_order;
-  auto f = calib::prepare(acc, opt);
-  REQUIRE(f.ok());
-  p.factor = std::move(f).value();
-  return p;
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (detail::float_bits(a[i]) != detail::float_bits(b[i])) return false;
-  return true;
-}
+using problem = sageptq_test::calibrated_problem;
+using sageptq_test::make_calibrated_problem;
+using sageptq_test::reference_hessian_error;
+using sageptq_test::same_bits;
 
 pipeline::method gptq(int bits, index_t group = 0, index_t block = 128) {
   pipeline::gptq_config c;
@@ -78,19 +52,6 @@ std::vector<pipeline::column_run> mixed_runs() {
   return {{64, gptq(2)}, {192, sage(1.5)}, {224, gptq(3)}, {256, rtn(1, 32)}};
 }
 
-/// tr((W−Q) H (W−Q)ᵀ) with plain loops in double.
-double reference_hessian_error(const std::vector<float>& w, const std::vector<float>& q, const Eigen::MatrixXd& h,
-                               index_t rows, index_t cols) {
-  double total = 0;
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t i = 0; i < cols; ++i)
-      for (index_t j = 0; j < cols; ++j) {
-        const auto a = static_cast<std::size_t>(r * cols + i), b = static_cast<std::size_t>(r * cols + j);
-        total += (static_cast<double>(w[a]) - q[a]) * h(i, j) * (static_cast<double>(w[b]) - q[b]);
-      }
-  return total;
-}
-
 /// Columns [c0, c1) of a row-major rows x cols matrix.
 std::vector<float> columns(const std::vector<float>& m, index_t rows, index_t cols, index_t c0, index_t c1) {
   std::vector<float> out;
@@ -102,7 +63,7 @@ std::vector<float> columns(const std::vector<float>& m, index_t rows, index_t co
 }  // namespace
 
 TEST_CASE("column runs: one run over all columns is quantize_matrix, bit for bit") {
-  const problem p = make_problem(64, 256, 1);
+  const problem p = make_calibrated_problem(64, 256, 1);
   for (const pipeline::method& m : {gptq(2), gptq(3, 64), sage(1.5), rtn(2, 64)}) {
     CAPTURE(pipeline::method_name(m));
     const std::vector<pipeline::column_run> runs{{256, m}};
@@ -121,7 +82,7 @@ TEST_CASE("column runs: one run over all columns is quantize_matrix, bit for bit
 }
 
 TEST_CASE("column runs: per-row gptq in runs of 64 is gptq with groups of 64 when its blocks are the groups") {
-  const problem p = make_problem(64, 256, 2);
+  const problem p = make_calibrated_problem(64, 256, 2);
   std::vector<pipeline::column_run> runs;
   for (index_t end = 64; end <= 256; end += 64) runs.push_back({end, gptq(2)});
   auto by_runs = pipeline::quantize_column_runs(p.layer.weight_view(), p.factor, runs);
@@ -158,7 +119,7 @@ TEST_CASE("column runs: the runs' calibrated errors add up to the whole matrix's
   const index_t rows = 64, cols = 256;
   for (index_t dead : {index_t{-1}, index_t{100}}) {
     CAPTURE(dead);
-    const problem p = make_problem(rows, cols, 3, dead);
+    const problem p = make_calibrated_problem(rows, cols, 3, 0, dead);
     const auto runs = mixed_runs();
     auto out = pipeline::quantize_column_runs(p.layer.weight_view(), p.factor, runs);
     REQUIRE(out.ok());
@@ -186,7 +147,7 @@ TEST_CASE("column runs: the runs' calibrated errors add up to the whole matrix's
 
 TEST_CASE("column runs: compensation across runs beats quantizing each block alone with its block of H") {
   const index_t rows = 64, cols = 256;
-  const problem p = make_problem(rows, cols, 4);
+  const problem p = make_calibrated_problem(rows, cols, 4);
   const auto runs = mixed_runs();
   auto compensated = pipeline::quantize_column_runs(p.layer.weight_view(), p.factor, runs);
   REQUIRE(compensated.ok());
@@ -214,7 +175,7 @@ TEST_CASE("column runs: compensation across runs beats quantizing each block alo
 }
 
 TEST_CASE("column runs: bad runs, an act-order factor, a shape mismatch and a failing method give a clear status") {
-  const problem p = make_problem(16, 128, 5);
+  const problem p = make_calibrated_problem(16, 128, 5);
   const auto w = p.layer.weight_view();
   const auto call = [&](std::vector<pipeline::column_run> runs, const calib::hessian_factor& f) {
     return pipeline::quantize_column_runs(w, f, std::span<const pipeline::column_run>(runs));
@@ -230,12 +191,12 @@ TEST_CASE("column runs: bad runs, an act-order factor, a shape mismatch and a fa
     CHECK_FALSE(r.message().empty());
   }
 
-  const problem act = make_problem(16, 128, 5, -1, true);
+  const problem act = make_calibrated_problem(16, 128, 5, 0, -1, true);
   auto r = call({{64, gptq(2)}, {128, rtn(1, 32)}}, act.factor);
   CHECK(r.code() == status::invalid_argument);
   CHECK(r.message().find("act order") != std::string::npos);
 
-  const problem narrow = make_problem(16, 96, 5);
+  const problem narrow = make_calibrated_problem(16, 96, 5);
   r = call({{64, gptq(2)}, {128, gptq(2)}}, narrow.factor);
   CHECK(r.code() == status::invalid_shape);
 
@@ -245,7 +206,7 @@ TEST_CASE("column runs: bad runs, an act-order factor, a shape mismatch and a fa
 }
 
 TEST_CASE("column runs: identical across calls and thread counts") {
-  const problem p = make_problem(136, 256, 6);  // two row chunks
+  const problem p = make_calibrated_problem(136, 256, 6);  // two row chunks
   const auto runs = mixed_runs();
   auto a = pipeline::quantize_column_runs(p.layer.weight_view(), p.factor, runs);
   auto b = pipeline::quantize_column_runs(p.layer.weight_view(), p.factor, runs);

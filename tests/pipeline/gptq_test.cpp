@@ -14,54 +14,19 @@
 #include <sageptq/quant/uniform.hpp>
 #include <sageptq/synthetic/layer.hpp>
 
+#include "support/calibrated_layer.hpp"
+
 using namespace sageptq;
 
 namespace {
 
-struct problem {
-  synthetic::layer layer;
-  calib::hessian_factor factor;
-};
-
-problem make_problem(index_t rows, index_t cols, std::uint64_t seed, bool act_order = false) {
-  synthetic::layer_config cfg;
-  cfg.rows = rows;
-  cfg.cols = cols;
-  cfg.samples = 2 * cols;
-  cfg.seed = seed;
-  problem p{synthetic::make_layer(cfg), {}};
-  calib::hessian_accumulator acc(cols);
-  REQUIRE(acc.add_batch(p.layer.activation_view()).ok());
-  calib::prepare_options opt;
-  opt.act_order = act_order;
-  auto f = calib::prepare(acc, opt);
-  REQUIRE(f.ok());
-  p.factor = std::move(f).value();
-  return p;
-}
+using problem = sageptq_test::calibrated_problem;
+using sageptq_test::make_calibrated_problem;
+using sageptq_test::reference_hessian_error;
+using sageptq_test::same_bits;
 
 std::uint64_t stored_bytes(const format::rtn_matrix& m) {
   return m.codes.size() * sizeof(std::uint32_t) + m.scales.size() * sizeof(fp16) + m.zeros.size();
-}
-
-/// tr((W−Q) H (W−Q)ᵀ) with plain loops.
-double reference_hessian_error(const std::vector<float>& w, const std::vector<float>& q, const Eigen::MatrixXd& h,
-                               index_t rows, index_t cols) {
-  double total = 0;
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t i = 0; i < cols; ++i)
-      for (index_t j = 0; j < cols; ++j) {
-        const auto a = static_cast<std::size_t>(r * cols + i), b = static_cast<std::size_t>(r * cols + j);
-        total += (static_cast<double>(w[a]) - q[a]) * h(i, j) * (static_cast<double>(w[b]) - q[b]);
-      }
-  return total;
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (detail::float_bits(a[i]) != detail::float_bits(b[i])) return false;
-  return true;
 }
 
 }  // namespace
@@ -121,7 +86,7 @@ TEST_CASE("pack_uniform rejects what format::rtn_matrix cannot express") {
 }
 
 TEST_CASE("quantize_gptq returns the compensation loop's output, packed exactly, with honest bits and errors") {
-  const problem p = make_problem(48, 256, 3);
+  const problem p = make_calibrated_problem(48, 256, 3);
   for (index_t group : {index_t{0}, index_t{128}})
     for (bool symmetric : {false, true}) {
       pipeline::gptq_config cfg;
@@ -163,7 +128,7 @@ TEST_CASE("GPTQ lowers the Hessian-weighted error of RTN with the same grid, and
   double gptq_sum[2][2] = {}, rtn_sum[2][2] = {};  // [bits - 2][grouped]
   int wins[2][2] = {};
   for (std::uint64_t seed = 20; seed < 20 + layers; ++seed) {
-    const problem p = make_problem(32, 256, seed);
+    const problem p = make_calibrated_problem(32, 256, seed);
     for (int bits : {2, 3}) {
       double per_channel = 0;
       for (int grouped : {0, 1}) {
@@ -200,7 +165,7 @@ TEST_CASE("GPTQ lowers the Hessian-weighted error of RTN with the same grid, and
 }
 
 TEST_CASE("quantize_gptq follows the factor's act order per channel and refuses act order with groups") {
-  const problem p = make_problem(16, 128, 4, true);
+  const problem p = make_calibrated_problem(16, 128, 4, 0, -1, true);
   REQUIRE(!std::is_sorted(p.factor.perm.begin(), p.factor.perm.end()));
   pipeline::gptq_config cfg;
   cfg.bits = 3;
@@ -218,13 +183,13 @@ TEST_CASE("quantize_gptq follows the factor's act order per channel and refuses 
   cfg.group_size = 0;
   cfg.act_order = false;  // the factor is in act order: the config must say so
   CHECK(pipeline::quantize_gptq(p.layer.weight_view(), p.factor, cfg).code() == status::invalid_argument);
-  const problem plain = make_problem(16, 128, 4);
+  const problem plain = make_calibrated_problem(16, 128, 4);
   cfg.act_order = true;
   CHECK(pipeline::quantize_gptq(plain.layer.weight_view(), plain.factor, cfg).code() == status::invalid_argument);
 }
 
 TEST_CASE("quantize_gptq rejects bad input with a clear status") {
-  problem p = make_problem(8, 64, 5);
+  problem p = make_calibrated_problem(8, 64, 5);
   pipeline::gptq_config cfg;
   cfg.bits = 9;
   CHECK(pipeline::quantize_gptq(p.layer.weight_view(), p.factor, cfg).code() == status::invalid_argument);
@@ -232,14 +197,14 @@ TEST_CASE("quantize_gptq rejects bad input with a clear status") {
   cfg.block_size = 0;
   CHECK(pipeline::quantize_gptq(p.layer.weight_view(), p.factor, cfg).code() == status::invalid_argument);
   cfg.block_size = 128;
-  const problem narrow = make_problem(8, 32, 5);
+  const problem narrow = make_calibrated_problem(8, 32, 5);
   CHECK(pipeline::quantize_gptq(p.layer.weight_view(), narrow.factor, cfg).code() == status::invalid_shape);
   p.layer.weights[17] = std::numeric_limits<float>::quiet_NaN();
   CHECK(pipeline::quantize_gptq(p.layer.weight_view(), p.factor, cfg).code() == status::non_finite_input);
 }
 
 TEST_CASE("quantize_gptq packs identical bytes for every thread count") {
-  const problem p = make_problem(136, 256, 6);  // two row chunks, two column blocks
+  const problem p = make_calibrated_problem(136, 256, 6);  // two row chunks, two column blocks
   pipeline::gptq_config cfg;
   cfg.bits = 3;
   cfg.group_size = 128;

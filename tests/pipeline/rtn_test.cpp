@@ -12,48 +12,21 @@
 #include <sageptq/pipeline/rtn.hpp>
 #include <sageptq/synthetic/layer.hpp>
 
+#include "support/calibrated_layer.hpp"
+
 using namespace sageptq;
 
 namespace {
 
-struct problem {
-  synthetic::layer layer;
-  calib::hessian_factor factor;
-};
-
-problem make_problem(index_t rows, index_t cols, std::uint64_t seed) {
-  synthetic::layer_config cfg;
-  cfg.rows = rows;
-  cfg.cols = cols;
-  cfg.samples = 2 * cols;
-  cfg.seed = seed;
-  problem p{synthetic::make_layer(cfg), {}};
-  calib::hessian_accumulator acc(cols);
-  REQUIRE(acc.add_batch(p.layer.activation_view()).ok());
-  auto f = calib::prepare(acc);
-  REQUIRE(f.ok());
-  p.factor = std::move(f).value();
-  return p;
-}
-
-/// Σ_r (w_r − q_r) H (w_r − q_r)ᵀ with plain loops.
-double reference_hessian_error(const std::vector<float>& w, const std::vector<float>& q, const Eigen::MatrixXd& h,
-                               index_t rows, index_t cols) {
-  double total = 0;
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t i = 0; i < cols; ++i)
-      for (index_t j = 0; j < cols; ++j) {
-        const auto a = static_cast<std::size_t>(r * cols + i), b = static_cast<std::size_t>(r * cols + j);
-        total += (static_cast<double>(w[a]) - q[a]) * h(i, j) * (static_cast<double>(w[b]) - q[b]);
-      }
-  return total;
-}
+using problem = sageptq_test::calibrated_problem;
+using sageptq_test::make_calibrated_problem;
+using sageptq_test::reference_hessian_error;
 
 }  // namespace
 
 TEST_CASE("quantize_rtn_method wraps quantize_rtn: same packed matrix, decoded values, bits and errors") {
   const index_t rows = 24, cols = 200;  // a ragged last group
-  const problem p = make_problem(rows, cols, 51);
+  const problem p = make_calibrated_problem(rows, cols, 51);
   const quant::rtn_config cfg{3, 128, false};
   auto direct = quant::quantize_rtn(p.layer.weight_view(), cfg);
   REQUIRE(direct.ok());
@@ -85,7 +58,7 @@ TEST_CASE("quantize_rtn_method wraps quantize_rtn: same packed matrix, decoded v
 
 TEST_CASE("quantize_q1_0_method wraps quantize_q1_0: same packed matrix, decoded values, bits and errors") {
   const index_t rows = 16, cols = 300;
-  const problem p = make_problem(rows, cols, 52);
+  const problem p = make_calibrated_problem(rows, cols, 52);
   auto direct = quant::quantize_q1_0(p.layer.weight_view());
   REQUIRE(direct.ok());
   auto out = pipeline::quantize_q1_0_method(p.layer.weight_view(), &p.factor, thread_executor(2));
@@ -108,8 +81,8 @@ TEST_CASE("quantize_q1_0_method wraps quantize_q1_0: same packed matrix, decoded
 }
 
 TEST_CASE("rtn and q1_0 methods reject bad input with a clear status") {
-  problem p = make_problem(8, 64, 53);
-  const problem narrow = make_problem(8, 32, 53);
+  problem p = make_calibrated_problem(8, 64, 53);
+  const problem narrow = make_calibrated_problem(8, 32, 53);
   CHECK(pipeline::quantize_rtn_method(p.layer.weight_view(), {2, 128, false}, &narrow.factor).code() ==
         status::invalid_shape);
   CHECK(pipeline::quantize_q1_0_method(p.layer.weight_view(), &narrow.factor).code() == status::invalid_shape);

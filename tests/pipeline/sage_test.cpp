@@ -13,34 +13,19 @@
 #include <sageptq/quant/q1_0.hpp>
 #include <sageptq/synthetic/layer.hpp>
 
+#include "support/calibrated_layer.hpp"
+
 using namespace sageptq;
 
 namespace {
 
-struct calibrated_layer {
-  synthetic::layer layer;
-  calib::hessian_factor factor;
-};
-
-calibrated_layer make_calibrated(index_t rows, index_t cols, std::uint64_t seed) {
-  synthetic::layer_config lc;
-  lc.rows = rows;
-  lc.cols = cols;
-  lc.samples = 2 * cols;
-  lc.seed = seed;
-  calibrated_layer out{synthetic::make_layer(lc), {}};
-  calib::hessian_accumulator acc(cols);
-  REQUIRE(acc.add_batch(out.layer.activation_view()).ok());
-  auto f = calib::prepare(acc);
-  REQUIRE(f.ok());
-  out.factor = std::move(*f);
-  return out;
-}
+using calibrated_layer = sageptq_test::calibrated_problem;
+using sageptq_test::make_calibrated_problem;
 
 }  // namespace
 
 TEST_CASE("sage: decoded packed matrix equals the quantizer's output, within the bits budget") {
-  const auto c = make_calibrated(48, 172, 1);  // ragged: 172 columns
+  const auto c = make_calibrated_problem(48, 172, 1);  // ragged: 172 columns
   for (double budget : {2.0, 2.2, 3.0}) {  // small matrices: the header and permutation cost ~0.85 bpw
     pipeline::sage_config cfg;
     cfg.target_bpw = budget;
@@ -58,7 +43,7 @@ TEST_CASE("sage: decoded packed matrix equals the quantizer's output, within the
 }
 
 TEST_CASE("sage: a larger budget never gives a larger error; sage beats q1_0 at fewer bits") {
-  const auto c = make_calibrated(256, 512, 2);
+  const auto c = make_calibrated_problem(256, 512, 2);
   double previous = std::numeric_limits<double>::infinity();
   for (double budget : {1.1, 1.25, 1.5}) {
     pipeline::sage_config cfg;
@@ -89,7 +74,7 @@ TEST_CASE("sage: compensation and the row-scale refit each lower the calibrated 
   int compensation_wins = 0, refit_wins = 0;
   const int matrices = 6;
   for (int seed = 0; seed < matrices; ++seed) {
-    const auto c = make_calibrated(32, 128, 100 + static_cast<std::uint64_t>(seed));
+    const auto c = make_calibrated_problem(32, 128, 100 + static_cast<std::uint64_t>(seed));
     pipeline::sage_config cfg;
     cfg.target_bpw = 0;  // no budget
     cfg.group_grid = {2};
@@ -113,7 +98,7 @@ TEST_CASE("sage: compensation and the row-scale refit each lower the calibrated 
 }
 
 TEST_CASE("sage: the adaptive search is no worse than any single fixed threshold") {
-  const auto c = make_calibrated(128, 256, 3);
+  const auto c = make_calibrated_problem(128, 256, 3);
   pipeline::sage_config adaptive;
   adaptive.target_bpw = 1.3;
   adaptive.screened_candidates = 1000;  // exhaustive: every candidate is quantized in full
@@ -132,7 +117,7 @@ TEST_CASE("sage: the adaptive search is no worse than any single fixed threshold
 
 TEST_CASE("sage: refitting more candidates can only lower the error; one candidate per salient set or not") {
   for (int seed = 0; seed < 4; ++seed) {
-    const auto c = make_calibrated(96, 256, 300 + static_cast<std::uint64_t>(seed));
+    const auto c = make_calibrated_problem(96, 256, 300 + static_cast<std::uint64_t>(seed));
     pipeline::sage_config cfg;
     cfg.target_bpw = 1.3;
     cfg.screened_candidates = 12;
@@ -152,13 +137,13 @@ TEST_CASE("sage: refitting more candidates can only lower the error; one candida
   }
   pipeline::sage_config bad;
   bad.refit_candidates = -1;
-  const auto c = make_calibrated(16, 64, 1);
+  const auto c = make_calibrated_problem(16, 64, 1);
   CHECK(pipeline::quantize_sage(c.layer.weight_view(), c.factor, bad).code() == status::invalid_argument);
 }
 
 TEST_CASE("sage: salient channels compensated last, with grids fitted on the compensated weights") {
   for (int seed = 0; seed < 6; ++seed) {
-    const auto c = make_calibrated(48, 160, 200 + static_cast<std::uint64_t>(seed));
+    const auto c = make_calibrated_problem(48, 160, 200 + static_cast<std::uint64_t>(seed));
     pipeline::sage_config cfg;
     cfg.target_bpw = 0;
     cfg.group_grid = {2};
@@ -189,7 +174,7 @@ TEST_CASE("sage: salient channels compensated last, with grids fitted on the com
 }
 
 TEST_CASE("sage: packed bytes are identical across runs and thread counts") {
-  const auto c = make_calibrated(40, 160, 4);
+  const auto c = make_calibrated_problem(40, 160, 4);
   for (bool act_order : {false, true}) {
     pipeline::sage_config cfg;
     cfg.target_bpw = 0;
@@ -204,7 +189,7 @@ TEST_CASE("sage: packed bytes are identical across runs and thread counts") {
 }
 
 TEST_CASE("sage: bad inputs give a clear status and no value") {
-  const auto c = make_calibrated(16, 64, 5);
+  const auto c = make_calibrated_problem(16, 64, 5);
   std::vector<float> w = c.layer.weights;
   w[37] = std::numeric_limits<float>::quiet_NaN();
   auto nan = pipeline::quantize_sage(make_matrix_view(w.data(), 16, 64), c.factor);

@@ -11,42 +11,21 @@
 #include <sageptq/pipeline/septq.hpp>
 #include <sageptq/synthetic/layer.hpp>
 
+#include "support/calibrated_layer.hpp"
+
 using namespace sageptq;
 
 namespace {
 
-struct problem {
-  synthetic::layer layer;
-  calib::hessian_factor factor;
-};
-
-problem make_problem(index_t rows, index_t cols, std::uint64_t seed) {
-  synthetic::layer_config cfg;
-  cfg.rows = rows;
-  cfg.cols = cols;
-  cfg.samples = 2 * cols;
-  cfg.seed = seed;
-  problem p{synthetic::make_layer(cfg), {}};
-  calib::hessian_accumulator acc(cols);
-  REQUIRE(acc.add_batch(p.layer.activation_view()).ok());
-  auto f = calib::prepare(acc);
-  REQUIRE(f.ok());
-  p.factor = std::move(f).value();
-  return p;
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (detail::float_bits(a[i]) != detail::float_bits(b[i])) return false;
-  return true;
-}
+using problem = sageptq_test::calibrated_problem;
+using sageptq_test::make_calibrated_problem;
+using sageptq_test::same_bits;
 
 }  // namespace
 
 TEST_CASE("quantize_septq packs compensate::septq's output exactly; kept weights are SEPTQ's mask, in exact fp16") {
   const index_t rows = 40, cols = 256;
-  const problem p = make_problem(rows, cols, 31);
+  const problem p = make_calibrated_problem(rows, cols, 31);
   for (int bits : {2, 3}) {
     pipeline::septq_config cfg;
     cfg.bits = bits;
@@ -100,7 +79,7 @@ TEST_CASE("quantize_septq packs compensate::septq's output exactly; kept weights
 
 TEST_CASE("SEPTQ's kept weights lower the Hessian-weighted error of GPTQ with the same grid") {
   for (std::uint64_t seed = 40; seed < 43; ++seed) {
-    const problem p = make_problem(32, 256, seed);
+    const problem p = make_calibrated_problem(32, 256, seed);
     for (int bits : {2, 3}) {
       pipeline::septq_config s;
       s.bits = bits;
@@ -119,7 +98,7 @@ TEST_CASE("SEPTQ's kept weights lower the Hessian-weighted error of GPTQ with th
 }
 
 TEST_CASE("quantize_septq rejects bad input with a clear status") {
-  problem p = make_problem(8, 64, 7);
+  problem p = make_calibrated_problem(8, 64, 7);
   pipeline::septq_config cfg;
   cfg.keep_fraction = 1.0;
   CHECK(pipeline::quantize_septq(p.layer.weight_view(), p.factor, cfg).code() == status::invalid_argument);
@@ -127,14 +106,14 @@ TEST_CASE("quantize_septq rejects bad input with a clear status") {
   cfg.bits = 0;
   CHECK(pipeline::quantize_septq(p.layer.weight_view(), p.factor, cfg).code() == status::invalid_argument);
   cfg.bits = 2;
-  const problem narrow = make_problem(8, 32, 7);
+  const problem narrow = make_calibrated_problem(8, 32, 7);
   CHECK(pipeline::quantize_septq(p.layer.weight_view(), narrow.factor, cfg).code() == status::invalid_shape);
   p.layer.weights[3] = std::numeric_limits<float>::infinity();
   CHECK(pipeline::quantize_septq(p.layer.weight_view(), p.factor, cfg).code() == status::non_finite_input);
 }
 
 TEST_CASE("quantize_septq with nothing kept is GPTQ with SEPTQ's grid and an empty overlay") {
-  const problem p = make_problem(16, 128, 8);
+  const problem p = make_calibrated_problem(16, 128, 8);
   pipeline::septq_config s;
   s.keep_fraction = 0;
   auto septq = pipeline::quantize_septq(p.layer.weight_view(), p.factor, s);
@@ -149,7 +128,7 @@ TEST_CASE("quantize_septq with nothing kept is GPTQ with SEPTQ's grid and an emp
 }
 
 TEST_CASE("quantize_septq packs identical bytes for every thread count") {
-  const problem p = make_problem(136, 256, 9);  // two row chunks, two column blocks
+  const problem p = make_calibrated_problem(136, 256, 9);  // two row chunks, two column blocks
   pipeline::septq_config cfg;
   auto one = pipeline::quantize_septq(p.layer.weight_view(), p.factor, cfg);
   auto three = pipeline::quantize_septq(p.layer.weight_view(), p.factor, cfg, thread_executor(3));
