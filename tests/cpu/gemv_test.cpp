@@ -3,7 +3,9 @@
 // multiple of any tile), with outputs poisoned first; the tolerance is shown to catch one flipped sign bit or scale;
 // bad inputs return their statuses; results are bit-identical for any thread count.
 // The int8 path (avx512_vnni) is held to the same fp32 tolerance against the reference on its dequantized
-// activations (int8_effective_x), and to fp32 + the documented int8 bound against the reference on x.
+// activations (int8_effective_x), and to fp32 + the documented int8 bound against the reference on x. Salient codes
+// of every width 1..8 (the SIMD decodes differ by width; the VNNI tiles add the tail themselves), and the AVX-512
+// fold of x against the scalar one, bit for bit.
 
 #include "sageptq/cpu/gemv.hpp"
 
@@ -11,6 +13,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -106,6 +109,54 @@ TEST_CASE("cpu gemv sage: every path and batch matches the float64 reference (ra
   }
 }
 
+TEST_CASE("cpu gemv sage: every salient code width, counts across the SIMD chunks (16 bytes of codes)") {
+  // bits dividing 8 take the byte-chunk decode (128 / bits codes per chunk), 3, 5, 6, 7 the 16-code one
+  for (const t::sage_case cs : {t::sage_case{45, 700, 150, 2, 1, false, 81}, t::sage_case{33, 500, 70, 3, 2, true, 82},
+                                t::sage_case{29, 420, 77, 2, 4, false, 83}, t::sage_case{26, 400, 40, 2, 5, false, 84},
+                                t::sage_case{19, 380, 33, 2, 6, true, 85}, t::sage_case{23, 300, 17, 1, 7, false, 86},
+                                t::sage_case{18, 333, 35, 3, 8, false, 87}}) {
+    CAPTURE(cs.salient_bits);
+    CAPTURE(cs.salient);
+    const auto m = t::random_sage(cs);
+    check_all_paths(m.view(), cs.rows, cs.cols, cs.seed);
+  }
+}
+
+TEST_CASE("cpu gemv sage: the AVX-512 fold of x (beta * permuted x) is bit-identical to the scalar one") {
+  if (!sp::cpu::supported(isa::avx512)) {
+    MESSAGE("this CPU lacks AVX-512: nothing to compare");
+    return;
+  }
+  // permutation codes of 8 to 17 bits, the identity flag, group boundaries inside 16-column steps, row padding
+  for (const t::sage_case cs : {t::sage_case{2, 172, 3, 3, 4, false, 91}, t::sage_case{2, 129, 1, 2, 8, false, 92},
+                                t::sage_case{2, 5000, 50, 4, 4, false, 93}, t::sage_case{1, 70000, 9, 3, 2, false, 94},
+                                t::sage_case{2, 300, 0, 1, 4, false, 95},
+                                t::sage_case{2, 172, 2, 2, 4, false, 96, true}}) {
+    CAPTURE(cs.cols);
+    const auto m = t::random_sage(cs);
+    const auto w = m.view();
+    const index_t batch = 3, stride = cs.cols + 5, padded = 32 * m.shape.sign_row_words();
+    auto x = t::random_x(batch, stride, cs.seed);
+    const sp::matrix_view<const float> xv{x.data(), {batch, cs.cols}, {stride, 1}};
+    REQUIRE(sp::cpu::detail::fold_avx512_supported(w, xv));
+    std::vector<float> simd(static_cast<std::size_t>(batch * padded), NAN), scalar = simd;
+    sp::cpu::detail::fold_avx512(w, xv, simd.data(), padded);
+    sp::cpu::detail::fold_scalar(w, xv, scalar.data(), padded);
+    CHECK(std::memcmp(simd.data(), scalar.data(), simd.size() * sizeof(float)) == 0);
+    // the reference itself: beta_g(j) x[source(j)], zero past the binarized columns
+    bool matches = true;
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t j = 0; j < padded; ++j) {
+        const float want = j < m.shape.binarized_cols()
+                               ? w.group_scales[w.group(0, j)].to_float() * x[static_cast<std::size_t>(
+                                                                                 b * stride + w.source_column(j))]
+                               : 0.0f;
+        matches &= scalar[static_cast<std::size_t>(b * padded + j)] == want;
+      }
+    CHECK(matches);
+  }
+}
+
 TEST_CASE("cpu gemv q1_0 and rtn: every path and batch matches the float64 reference") {
   for (auto [r, c] : {std::pair<index_t, index_t>{37, 172}, {70, 384}, {3, 1}}) {
     const index_t rows = r, cols = c;  // structured bindings cannot be captured by CAPTURE's lambda (C++20)
@@ -151,6 +202,23 @@ TEST_CASE("cpu gemv: one flipped sign bit, row scale, group scale or salient cod
   auto code = m;
   code.salient_codes[static_cast<std::size_t>(9 * m.shape.salient_row_words())] ^= 1u;  // row 9, code 0, low bit
   CHECK(every_path_detects(code.view(), m.view(), cs.rows, cs.cols, x, batch));
+  // The low bit of the salient code with the largest |x|, for each SIMD decode (bytes of 8 / b codes, 16 codes).
+  for (const int bits : {1, 3, 4, 8}) {
+    CAPTURE(bits);
+    const t::sage_case wide{37, 400, 40, 2, bits, false, 34};
+    const auto s = t::random_sage(wide);
+    const auto sx = t::random_x(batch, wide.cols, 35);
+    const index_t kb = s.shape.binarized_cols();
+    index_t best = 0;
+    for (index_t k = 0; k < wide.salient; ++k)
+      if (std::fabs(sx[static_cast<std::size_t>(s.view().source_column(kb + k))]) >
+          std::fabs(sx[static_cast<std::size_t>(s.view().source_column(kb + best))]))
+        best = k;
+    auto flipped_code = s;
+    const index_t bit = 11 * 32 * s.shape.salient_row_words() + best * bits;  // row 11
+    flipped_code.salient_codes[static_cast<std::size_t>(bit / 32)] ^= 1u << (bit % 32);
+    CHECK(every_path_detects(flipped_code.view(), s.view(), wide.rows, wide.cols, sx, batch));
+  }
 
   const auto q = t::random_q1_0(cs.rows, cs.cols, 33);
   auto qflip = q;

@@ -167,19 +167,27 @@ inline std::vector<float> sage_folded_x(const sp::format::sage_view<sp::host_spa
   return folded;
 }
 
+/// sage's int8 activations on the VNNI path: x' in blocks of int8_wide_block columns (one scale per row).
+inline sp::cpu::int8_activations sage_int8(const sp::format::sage_view<sp::host_space>& w, const std::vector<float>& x,
+                                           index_t batch) {
+  const index_t padded = 32 * w.shape.sign_row_words();
+  return sp::cpu::quantize_int8(sage_folded_x(w, x, batch).data(), batch, padded, padded, sp::cpu::quantize_block,
+                                sp::cpu::int8_wide_block);
+}
+
 /// The activations the VNNI path effectively multiplies, in source order: x^ = d q / beta for the binarized
 /// columns, x for the salient ones (and x unchanged for 4-byte sign rows, which run the fp32 path). The VNNI path
 /// must match dense_reference(w, x^) within fp32_tolerance, like the fp32 paths match dense_reference(w, x).
 inline std::vector<float> int8_effective_x(const sp::format::sage_view<sp::host_space>& w, const std::vector<float>& x,
                                            index_t batch) {
   if (w.shape.sign_row_words() % 4 != 0) return x;
-  const index_t padded = 32 * w.shape.sign_row_words(), cols = w.shape.cols;
-  const auto q = sp::cpu::quantize_int8(sage_folded_x(w, x, batch).data(), batch, padded, padded);
+  const index_t cols = w.shape.cols;
+  const auto q = sage_int8(w, x, batch);
   std::vector<float> effective = x;
   for (index_t b = 0; b < batch; ++b)
     for (index_t j = 0; j < w.shape.binarized_cols(); ++j)
       effective[static_cast<std::size_t>(b * cols + w.source_column(j))] = static_cast<float>(
-          static_cast<double>(q.scale(b, j / sp::cpu::int8_block)) * q.row(b)[j] /
+          static_cast<double>(q.scale(b, j / q.block)) * q.row(b)[j] /
           static_cast<double>(w.group_scales[w.group(0, j)].to_float()));
   return effective;
 }
@@ -203,11 +211,10 @@ inline std::vector<double> int8_bound(const sp::format::sage_view<sp::host_space
                                       index_t batch) {
   std::vector<double> bound(static_cast<std::size_t>(batch * w.shape.rows), 0.0);
   if (w.shape.sign_row_words() % 4 != 0) return bound;
-  const index_t padded = 32 * w.shape.sign_row_words();
-  const auto q = sp::cpu::quantize_int8(sage_folded_x(w, x, batch).data(), batch, padded, padded);
+  const auto q = sage_int8(w, x, batch);
   for (index_t b = 0; b < batch; ++b) {
     double d_sum = 0;  // |w_rj| / |beta| = |alpha_r|: the row scale factors out
-    for (index_t j = 0; j < w.shape.binarized_cols(); ++j) d_sum += q.scale(b, j / sp::cpu::int8_block);
+    for (index_t j = 0; j < w.shape.binarized_cols(); ++j) d_sum += q.scale(b, j / q.block);
     for (index_t r = 0; r < w.shape.rows; ++r)
       bound[static_cast<std::size_t>(b * w.shape.rows + r)] =
           std::fabs(w.row_scales[r].to_float()) * d_sum * sp::cpu::int8_rounding;

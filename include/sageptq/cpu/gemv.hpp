@@ -11,7 +11,8 @@
 /// ulps per term; the SIMD paths sum in lanes (and as 2 * sum_{bit=1} x' - sum x'), so these paths differ by float
 /// rounding only: |y - y_exact| <= (K + 8) * 2^-24 * sum_j |w_j x_j|.
 /// avx512_vnni (the default where the CPU has it) multiplies the binarized weights with x' rounded to int8 per
-/// 128-column block (int8_activations.hpp), exactly in int32 within a block: it meets the bound above against
+/// block of 256 columns (sage; the last one 128 where the sign row is an odd number of 128s) or 128 columns (q1_0)
+/// (int8_activations.hpp), exactly in int32 within a block: it meets the bound above against
 /// decode(W) * x^, x^ the dequantized activations (the salient tail and rtn keep fp32 x), and differs from
 /// decode(W) * x by at most sum_j |w_j| d_block(j) (1/2 + 2^-12) more (d = block max |x'| / 127).
 /// Threading: rows are split into blocks of 64 across the caller's executor; each output is computed by one task
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +37,7 @@
 #include "binary_rows_avx2.hpp"
 #include "binary_rows_avx512.hpp"
 #include "binary_rows_vnni.hpp"
+#include "fold_x.hpp"
 #include "int8_activations.hpp"
 #include "salient_rows.hpp"
 #include "salient_rows_avx512.hpp"
@@ -61,7 +64,17 @@ inline outcome check_io(index_t rows, index_t cols, const matrix_view<const floa
                                            std::to_string(y.cols()) + ", expected batch x " + std::to_string(cols) +
                                            " and batch x " + std::to_string(rows));
   if (y.stride[1] != 1) return fail(status::invalid_layout, "cpu::gemv: y needs a unit column stride");
-  return check_finite_matrix(x, "cpu::gemv: x");
+  if (x.stride[1] == 1 && x.rows() > 0 && x.cols() > 0) {  // branch-free scan (vectorized) for the common case
+    std::uint32_t non_finite = 0;
+    for (index_t b = 0; b < x.rows(); ++b)
+      for (index_t c = 0; c < x.cols(); ++c) {
+        std::uint32_t bits;
+        std::memcpy(&bits, x.data + b * x.stride[0] + c, sizeof bits);
+        non_finite |= static_cast<std::uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+      }
+    if (non_finite == 0) return {};
+  }
+  return check_finite_matrix(x, "cpu::gemv: x");  // its message names the first bad element
 }
 
 #if SAGEPTQ_CPU_X86
@@ -86,8 +99,10 @@ struct vnni_input {
   int8_activations x;
   std::vector<float> group_offsets;  // [batch][groups]
 
+  // One scale per row (sage): blocks of int8_wide_block; q1_0: its group of int8_block columns (rows_vnni).
   explicit vnni_input(const binary_rows& a)
-      : x(quantize_int8(a.x, a.batch, 32 * a.row_words, a.x_stride, vnni_quantizer)) {
+      : x(quantize_int8(a.x, a.batch, 32 * a.row_words, a.x_stride, vnni_quantizer,
+                        a.groups() == 1 ? int8_wide_block : int8_block)) {
     const index_t groups = a.groups(), blocks_per_group = x.blocks() / groups;
     group_offsets.assign(static_cast<std::size_t>(a.batch * groups), 0.0f);
     for (index_t b = 0; b < a.batch; ++b)
@@ -97,9 +112,12 @@ struct vnni_input {
   }
 };
 
-/// Runs the binary rows of `a` on `path` in blocks of rows, then tail(r0, r1) on each block (salient columns).
+/// Runs the binary rows of `a` on `path` in blocks of rows, then tail(r0, r1) on each block (salient columns);
+/// `fused` (avx512_vnni and one scale per row only; else nullptr): a salient tail the VNNI tiles add themselves.
 template <class E, class Tail>
-void run_binary(binary_rows a, isa path, index_t rows, matrix_view<float> y, const E& exec, Tail&& tail) {
+void run_binary(binary_rows a, isa path, index_t rows, matrix_view<float> y, const E& exec, const salient_rows* fused,
+                Tail&& tail) {
+  SAGEPTQ_ASSERT(fused == nullptr || (path == isa::avx512_vnni && a.groups() == 1));
   const int lanes = path == isa::avx512 ? 16 : 8;
   // Batch columns per pass: 2 keeps each pass's x' (2 x 4 cols bytes) in L2 with 4 rows sharing every x' load; 8 at
   // once re-read 8 x' rows from L2 per weight row and ran 1.4x slower at batch 8 (bench/results/gemv.md).
@@ -120,8 +138,14 @@ void run_binary(binary_rows a, isa path, index_t rows, matrix_view<float> y, con
         case isa::avx512_vnni: {
           const int8_rows q{vnni->x.row(b0), vnni->x.cols, vnni->x.scales.data() + b0 * vnni->x.blocks(),
                             vnni->group_offsets.data() + b0 * a.groups(), part.batch};
+          salient_rows fused_part;  // the same batch columns of the salient tail
+          if (fused != nullptr) {
+            fused_part = *fused;
+            fused_part.batch = part.batch;
+            fused_part.x = fused->x + b0 * fused->padded_count();
+          }
           if (a.groups() == 1)
-            rows_vnni<true>(part, q, r0, r1, out, y.stride[0]);
+            rows_vnni<true>(part, q, r0, r1, out, y.stride[0], fused != nullptr ? &fused_part : nullptr);
           else
             rows_vnni<false>(part, q, r0, r1, out, y.stride[0]);
           break;
@@ -168,37 +192,29 @@ outcome gemv(const format::sage_view<host_space>& w, matrix_view<const float> x,
   if (!supported(path)) return fail(status::unsupported, std::string("cpu::gemv: this CPU lacks ") + to_string(path));
   const index_t batch = x.rows(), kb = s.binarized_cols(), ks = s.salient_cols, row_words = s.sign_row_words();
 
-  // x' = beta-folded x in stored order (zero in the row padding), and the salient tail of x (zero-padded to 16).
+  // x' = beta-folded x in stored order (zero in the row padding), and the salient tail of x (zero-padded to whole
+  // SIMD chunks, in the order of the tail's path).
   const index_t padded = 32 * row_words;
   detail::salient_rows salient{w.salient_codes, s.salient_row_words(), s.salient_bits, ks, w.salient_scales,
                                s.salient_symmetric ? nullptr : w.salient_zeros,
                                0.5f * static_cast<float>(s.salient_max_code()), nullptr, batch};
-  std::vector<float> folded(static_cast<std::size_t>(batch * padded), 0.0f),
+  std::vector<float> folded(static_cast<std::size_t>(batch * padded)),
       tail(static_cast<std::size_t>(batch * salient.padded_count()), 0.0f);
-  // w.source_column(j) with the permutation's width computed once, not per column.
-  const int perm_bits = s.perm_bits();
-  auto source = [&](index_t j) -> index_t {
-    return s.identity_perm ? j : perm_bits == 0 ? 0 : static_cast<index_t>(format::read_code(w.col_perm, j, perm_bits));
-  };
-  for (index_t g = 0; g < s.groups; ++g) {
-    const float beta = w.group_scales[g].to_float();
-    for (index_t j = w.group_offsets[g]; j < w.group_offsets[g + 1]; ++j) {
-      const index_t c = source(j);
-      for (index_t b = 0; b < batch; ++b) folded[static_cast<std::size_t>(b * padded + j)] = beta * x(b, c);
-    }
-  }
+  detail::fold(w, x, folded.data(), padded, path == isa::avx512 || path == isa::avx512_vnni);
+  // 4-byte sign rows (word_rows, small matrices) are not whole int8 blocks: they take the fp32 AVX-512 path.
+  if (path == isa::avx512_vnni && row_words % (int8_block / 32) != 0) path = isa::avx512;
+  const bool simd_tail = (path == isa::avx512 || path == isa::avx512_vnni) && detail::salient_simd_supported();
+  // The VNNI tiles add the tail themselves (one reduction per row); the other paths run it after each row block.
+  const bool fused = ks > 0 && simd_tail && path == isa::avx512_vnni;
   for (index_t k = 0; k < ks; ++k) {
-    const index_t c = source(kb + k);
-    for (index_t b = 0; b < batch; ++b) tail[static_cast<std::size_t>(b * salient.padded_count() + k)] = x(b, c);
+    const index_t c = w.source_column(kb + k), at = salient.x_position(k, simd_tail);
+    for (index_t b = 0; b < batch; ++b) tail[static_cast<std::size_t>(b * salient.padded_count() + at)] = x(b, c);
   }
   salient.x = tail.data();
 
   detail::binary_rows a{w.signs, row_words, row_words, w.row_scales, folded.data(), padded, nullptr, batch};
-  // 4-byte sign rows (word_rows, small matrices) are not whole int8 blocks: they take the fp32 AVX-512 path.
-  if (path == isa::avx512_vnni && row_words % (int8_block / 32) != 0) path = isa::avx512;
-  const bool simd_tail = (path == isa::avx512 || path == isa::avx512_vnni) && detail::salient_simd_supported();
-  detail::run_binary(a, path, s.rows, y, exec, [&](index_t r0, index_t r1) {
-    if (ks == 0) return;
+  detail::run_binary(a, path, s.rows, y, exec, fused ? &salient : nullptr, [&](index_t r0, index_t r1) {
+    if (ks == 0 || fused) return;
     if (simd_tail)
       detail::add_salient_simd(salient, r0, r1, y.data, y.stride[0]);
     else
@@ -220,7 +236,7 @@ outcome gemv(const format::q1_0_view<host_space>& w, matrix_view<const float> x,
     for (index_t c = 0; c < w.cols; ++c) padded_x[static_cast<std::size_t>(b * padded + c)] = x(b, c);
   detail::binary_rows a{w.signs,          w.words_per_row(), format::q1_0::words_per_group, w.scales,
                         padded_x.data(), padded,            nullptr,                       batch};
-  detail::run_binary(a, path, w.rows, y, exec, [](index_t, index_t) {});
+  detail::run_binary(a, path, w.rows, y, exec, nullptr, [](index_t, index_t) {});
   return {};
 }
 

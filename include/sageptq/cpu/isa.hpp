@@ -3,8 +3,9 @@
 /// Which SIMD path the CPU kernels take: detected at run time (__builtin_cpu_supports), so the library builds without
 /// -march flags and the same binary runs everywhere; the environment variable
 /// SAGEPTQ_CPU_ISA=scalar|avx2|avx512|avx512_vnni forces one path, so tests exercise all of them on one machine.
-/// scalar, avx2 and avx512 multiply fp32 activations; avx512_vnni quantizes them to int8 per 128-column block
-/// (cpu/int8_activations.hpp) and accumulates exactly in int32. Threading: none; reads the environment per call.
+/// scalar, avx2 and avx512 multiply fp32 activations; avx512_vnni quantizes them to int8 per block of 256 (sage) or
+/// 128 (q1_0) columns (cpu/int8_activations.hpp) and accumulates exactly in int32. Threading: none; reads the
+/// environment per call.
 
 #include <cstdlib>
 #include <string>
