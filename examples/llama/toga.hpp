@@ -157,8 +157,9 @@ class toga_session {
     return kl_of(*matrices);
   }
 
-  /// Steps 3 and 4 for one budget, then the bits sage left unspent spent (spend_slack). allocate's, refine's and the quantizers' statuses; numerical_issue (with the
-  /// result) if exact bits exceed the budget, which the bounds of toga/decision.hpp exclude.
+  /// Steps 3 and 4 for one budget, then the bits left unspent spent (spend_slack). allocate's, refine's and the
+  /// quantizers' statuses; numerical_issue (with the result) if exact bits exceed the budget, which the bounds of
+  /// toga/decision.hpp exclude.
   result<toga_result> compress(double target_bpw) {
     auto start = toga::allocate(profile_, target_bpw);
     if (!start.ok()) return start.as_outcome();
