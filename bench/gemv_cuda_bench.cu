@@ -1,4 +1,5 @@
-// GEMV timing on the GPU: sage default format (1% salient columns at 4 bits, 4 column groups, ~1.04-1.06 full bpw),
+// GEMV timing on the GPU: sage default format (1% salient columns at 4 bits, 4 column groups, ~1.04-1.06 full bpw;
+// the default path, activation planes on binary tensor cores, and the fp16 kernels of sm90_fp16_policy side by side),
 // q1_0 and rtn (4 bits, scale and zero per 128) against cuBLAS fp16 (cublasGemmEx, n = batch) and a streaming kernel
 // that reads the same bytes (the floor).
 // Weights are rotated over >= 256 MB of copies so they come from HBM; each figure is the median over 15 replays of a
@@ -8,7 +9,7 @@
 //   nvcc -std=c++20 -O3 -arch=sm_90 -Iinclude -Itests/cpu bench/gemv_cuda_bench.cu -lcublas -o /tmp/gemv_bench
 //   /tmp/gemv_bench /tmp/gemv_cuda.md          # every shape and batch
 //   /tmp/gemv_bench /tmp/t.md targets          # the two target shapes only
-//   /tmp/gemv_bench /tmp/p.md profile          # one run() of 8192 x 28672, batch 1, for ncu
+//   /tmp/gemv_bench /tmp/p.md profile          # 3 run() of 8192 x 28672 per batch 1, 2, 4, 8, for ncu
 //   /tmp/gemv_bench /tmp/f.md fused            # the fused q/k/v and gate/up table only
 
 #include <cublas_v2.h>
@@ -312,6 +313,56 @@ std::string bench_fused(const std::string& label, const std::vector<index_t>& ro
   return out;
 }
 
+struct planes8_bench_policy : g::sm90_policy {
+  static constexpr int plane_bits = 8;
+};
+struct planes_two_tiles_bench_policy : g::sm90_policy {
+  static constexpr int planes_two_tiles_min_batch = 1;
+};
+
+/// run() and the GEMV alone of sage_gemv<__half, float, Policy> at the two target shapes, batch 1 and 8 (rotated
+/// copies as above); returns the markdown rows.
+template <class Policy>
+std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, cudaStream_t s) {
+  std::string out;
+  for (auto [rows, cols] : {std::pair<index_t, index_t>{4096, 14336}, {8192, 28672}}) {
+    const auto m = bench_sage(rows, cols);
+    const int copies = copies_for(sp::format::serialize(m).size());
+    sage_copies sage(m, copies, 77u);
+    using op = g::sage_gemv<__half, float, Policy>;
+    using impl = g::detail::binary_gemv<g::detail::sage_rows, __half, float, Policy>;
+    __half* x;
+    float* y;
+    void* ws;
+    CUDA_OK(cudaMalloc(&x, 8 * cols * 2));
+    CUDA_OK(cudaMalloc(&y, 8 * rows * 4));
+    fill_half<<<64, 256>>>(x, 8 * cols, 4242u);
+    CUDA_OK(cudaMalloc(&ws, op::workspace_size({sage.views[0], x, cols, y, rows, 8})));
+    const int launches = std::max(64, copies);
+    for (index_t batch : {1, 8}) {
+      const double run_us = time_us(launches, [&](int i, cudaStream_t st) {
+        if (auto ok = op::run({sage.views[i % copies], x, cols, y, rows, batch}, ws, st); !ok)
+          std::printf("%s\n", ok.message().c_str());
+      }, s);
+      CUDA_OK(cudaDeviceSynchronize());
+      (void)op::run({sage.views[0], x, cols, y, rows, batch}, ws, s);
+      CUDA_OK(cudaStreamSynchronize(s));
+      const double kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
+        const auto p = typename impl::problem_type{g::detail::sage_rows{sage.views[i % copies]}, y, rows};
+        (void)impl::template launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
+      }, s);
+      char line[256];
+      std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %s | %.2f | %.2f |\n", static_cast<long long>(rows),
+                    static_cast<long long>(cols), static_cast<long long>(batch), label.c_str(), run_us, kernel_us);
+      std::printf("%s", line);
+      std::fflush(stdout);
+      out += line;
+    }
+    cudaFree(x); cudaFree(y); cudaFree(ws);
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -328,12 +379,14 @@ int main(int argc, char** argv) {
   const std::string card = std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) +
                            " SMs, " + std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n";
   std::string out = card +
-                    "| rows x cols | batch | sage run() us | run() without PDL us | GEMV kernel only us | weight GB/s | "
+                    "| rows x cols | batch | sage run() us | run() without PDL us | GEMV kernel only us | "
+                    "fp16 path run() us | fp16 path kernel only us | weight GB/s | "
                     "% of floor | floor us | cuBLAS fp16 us | vs cuBLAS | q1_0 run() us | full bpw | rtn4 g128 run() us | "
                     "rtn4 GB/s | rtn4 % of its floor | sage scalar path us | run() vs scalar |\n"
-                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+                    "| --- |\n";
   const std::string mode = argc > 2 ? argv[2] : "";
-  const bool profile = mode == "profile";  // one run() of 8192 x 28672, batch 1, for ncu
+  const bool profile = mode == "profile";  // 3 run() of 8192 x 28672 per batch, for ncu
   std::vector<std::pair<index_t, index_t>> shapes = {{4096, 4096},  {11008, 4096}, {4096, 11008}, {14336, 4096},
                                                             {4096, 14336}, {28672, 8192}, {8192, 28672}};
   if (profile) shapes = {{8192, 28672}};
@@ -362,10 +415,12 @@ int main(int argc, char** argv) {
     CUDA_OK(cudaMalloc(&y16, 8 * rows * 2));
     fill_half<<<64, 256>>>(x, 8 * cols, 4242u);
     using sage_op = g::sage_gemv<__half, float>;
+    using sage_fp16_op = g::sage_gemv<__half, float, g::sm90_fp16_policy>;  // the previous default, same process
     using q_op = g::q1_0_gemv<__half, float>;
     using rtn_op = g::rtn_gemv<__half, float>;
     void* ws;
     CUDA_OK(cudaMalloc(&ws, sage_op::workspace_size({sage.views[0], x, cols, y, rows, 8}) +
+                                sage_fp16_op::workspace_size({sage.views[0], x, cols, y, rows, 8}) +
                                 q_op::workspace_size({q.views[0], x, cols, y, rows, 8})));
     CUDA_OK(cudaDeviceSynchronize());
 
@@ -381,10 +436,10 @@ int main(int argc, char** argv) {
     const double bpw = 8.0 * static_cast<double>(n_bytes) / static_cast<double>(rows * cols);
     for (index_t batch : {1, 2, 4, 8}) {
       auto sage_args = [&](int i) { return sage_op::arguments{sage.views[i % copies], x, cols, y, rows, batch}; };
-      if (profile) {
+      if (profile) {  // 3 run() per batch (1, 2, 4, 8)
         for (int i = 0; i < 3; ++i) (void)sage_op::run(sage_args(i), ws, s);
         CUDA_OK(cudaDeviceSynchronize());
-        return 0;
+        continue;
       }
       const double run_us = time_us(launches, [&](int i, cudaStream_t st) {
         if (auto ok = sage_op::run(sage_args(i), ws, st); !ok) std::printf("%s\n", ok.message().c_str());
@@ -402,6 +457,19 @@ int main(int argc, char** argv) {
       const double kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
         const auto p = problem(i);
         (void)impl::launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
+      }, s);
+      // The fp16 kernels (sm90_fp16_policy): run() and the GEMV alone, as above.
+      const double fp16_run_us = time_us(launches, [&](int i, cudaStream_t st) {
+        if (auto ok = sage_fp16_op::run({sage.views[i % copies], x, cols, y, rows, batch}, ws, st); !ok)
+          std::printf("%s\n", ok.message().c_str());
+      }, s);
+      using fp16_impl = g::detail::binary_gemv<g::detail::sage_rows, __half, float, g::sm90_fp16_policy>;
+      CUDA_OK(cudaDeviceSynchronize());
+      (void)sage_fp16_op::run({sage.views[0], x, cols, y, rows, batch}, ws, s);
+      CUDA_OK(cudaStreamSynchronize(s));
+      const double fp16_kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
+        const auto p = fp16_impl::problem_type{g::detail::sage_rows{sage.views[i % copies]}, y, rows};
+        (void)fp16_impl::launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
       }, s);
       // Few launches: the scalar path is ~2-3 orders of magnitude slower.
       const double scalar_us = time_us(4, [&](int i, cudaStream_t st) {
@@ -424,10 +492,11 @@ int main(int argc, char** argv) {
       }, s);
       char line[768];
       std::snprintf(line, sizeof line,
-                    "| %lld x %lld | %lld | %.2f | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2f | %.1fx | %.2f | %.3f | "
-                    "%.2f | %.0f | %.0f%% | %.0f | %.0fx |\n",
+                    "| %lld x %lld | %lld | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2f | %.1fx | %.2f | "
+                    "%.3f | %.2f | %.0f | %.0f%% | %.0f | %.0fx |\n",
                     static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(batch), run_us,
-                    serial_us, kernel_us, static_cast<double>(n_bytes) / run_us / 1e3, 100.0 * floor_us / run_us,
+                    serial_us, kernel_us, fp16_run_us, fp16_kernel_us, static_cast<double>(n_bytes) / run_us / 1e3,
+                    100.0 * floor_us / run_us,
                     floor_us, blas_us, blas_us / run_us, q_us, bpw, rtn_us,
                     static_cast<double>(rtn.bytes) / rtn_us / 1e3, 100.0 * rtn_floor_us / rtn_us, scalar_us,
                     scalar_us / run_us);
@@ -435,8 +504,14 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
       out += line;
     }
+    if (profile) return 0;
     for (auto p : dense) cudaFree(p);
     cudaFree(x); cudaFree(y); cudaFree(y16); cudaFree(ws);
+  }
+  if (mode == "targets") {  // policy variants of the planes path (the knobs of policy.cuh), kernel alone and run()
+    out += "\n" + card + "| rows x cols | batch | variant | run() us | GEMV kernel only us |\n| --- | --- | --- | --- | --- |\n";
+    out += bench_variant<planes8_bench_policy>("8-bit planes", prop, s);
+    out += bench_variant<planes_two_tiles_bench_policy>("two row tiles at every batch", prop, s);
   }
   if (mode.empty() || mode == "fused") {
     out += "\n" + card +

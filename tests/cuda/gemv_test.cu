@@ -1,10 +1,13 @@
 // CUDA GEMV kernels (cuda/gemv/gemv.cuh) against a float64 reference of the decoded matrix, on fresh random inputs:
-// sage default format, q1_0 and rtn (1..8 bits, group or per-row scales, symmetric or with zeros), alone and fused
+// sage default format (activation planes on binary tensor cores, 16 and 8 bits, and the fp16 kernels), q1_0 and rtn (1..8 bits, group or per-row scales, symmetric or with zeros), alone and fused
 // (2 and 3 matrices of different rows sharing x); activations fp16 / bf16 / f32, outputs f32 / fp16 / bf16; batch 1..8; ragged shapes
 // (172 columns; rows not a multiple of any row tile; every row-tile count); both sign decodes (bit_decode for fp16
 // at batch <= 2, forced on small shapes by a test policy; sign_decode otherwise); salient tails of 3, 4 and 8 bits;
 // outputs poisoned (NaN) before each run, and x's row padding NaN; one flipped sign bit, scale, salient code or rtn
-// code bit / scale / zero must fail the tolerance; bad arguments return their statuses.
+// code bit / scale / zero must fail the tolerance; bad arguments return their statuses; the same input gives
+// bit-identical output. The planes path is checked twice: against the reference on the activations it quantizes
+// (x^ = d q, emulated here) within an fp32 bound, and against the reference on x within the fp16 bound plus the
+// a-priori quantization bound |alpha| sum_j d_block(j) (1/2 + Q 2^-20) (binary_planes.cuh).
 //
 // Built and run on the GPU machine (one command, from the repository root):
 //   nvcc -std=c++20 -O2 -arch=sm_90 -Iinclude -Itests/cpu tests/cuda/gemv_test.cu -o /tmp/gemv_test && /tmp/gemv_test
@@ -148,6 +151,103 @@ double compare(const View& host_view, index_t rows, index_t cols, const std::vec
   return worst;
 }
 
+/// What the planes path quantizes (binary_planes.cuh), emulated with the same float operations: per batch column
+/// and 512-column block of stored order, d and q; effective() gives x^ in source order (d q / beta for the binarized
+/// columns, the salient ones rounded to the operand type T), bound() the a-priori |x - x^| term per [batch][row].
+struct plane_emulation {
+  index_t batch, blocks;
+  std::vector<float> d;   // [batch][block]
+  std::vector<int> q;     // [batch][block * 512]
+  int bits;
+  plane_emulation(const sp::format::sage_view<sp::host_space>& w, const std::vector<float>& x, index_t batch_,
+                  int bits_)
+      : batch(batch_), blocks(g::detail::plane_blocks(w.shape.sign_row_words())), bits(bits_) {
+    const index_t cols = w.shape.cols, per = g::detail::plane_block_cols;
+    d.assign(static_cast<std::size_t>(batch * blocks), 0.0f);
+    q.assign(static_cast<std::size_t>(batch * blocks * per), 0);
+    const float q_max = static_cast<float>((1 << (bits - 1)) - 1);
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t k = 0; k < blocks; ++k) {
+        std::vector<float> v(static_cast<std::size_t>(per), 0.0f);
+        float m = 0.0f;
+        for (index_t i = 0; i < per; ++i)
+          if (const index_t j = k * per + i; j < w.shape.binarized_cols()) {
+            v[static_cast<std::size_t>(i)] = w.group_scales[w.group(0, j)].to_float() *
+                                             x[static_cast<std::size_t>(b * cols + w.source_column(j))];
+            m = std::max(m, std::fabs(v[static_cast<std::size_t>(i)]));
+          }
+        const float inverse = m > 0.0f ? q_max / m : 0.0f;
+        d[static_cast<std::size_t>(b * blocks + k)] = m / q_max;
+        for (index_t i = 0; i < per; ++i)
+          q[static_cast<std::size_t>((b * blocks + k) * per + i)] =
+              static_cast<int>(std::nearbyint(v[static_cast<std::size_t>(i)] * inverse));
+      }
+  }
+  template <class T>
+  std::vector<float> effective(const sp::format::sage_view<sp::host_space>& w, const std::vector<float>& x) const {
+    const index_t cols = w.shape.cols, kb = w.shape.binarized_cols(), per = g::detail::plane_block_cols;
+    std::vector<float> e = x;
+    for (index_t b = 0; b < batch; ++b) {
+      for (index_t j = 0; j < kb; ++j) {
+        const double beta = w.group_scales[w.group(0, j)].to_float();
+        if (beta != 0.0)
+          e[static_cast<std::size_t>(b * cols + w.source_column(j))] = static_cast<float>(
+              static_cast<double>(d[static_cast<std::size_t>(b * blocks + j / per)]) *
+              q[static_cast<std::size_t>(b * blocks * per + j)] / beta);
+      }
+      for (index_t k = 0; k < w.shape.salient_cols; ++k) {
+        auto& v = e[static_cast<std::size_t>(b * cols + w.source_column(kb + k))];
+        v = round_to<T>(v);
+      }
+    }
+    return e;
+  }
+  std::vector<double> bound(const sp::format::sage_view<sp::host_space>& w) const {
+    const double per_step = 0.5 + std::ldexp(static_cast<double>((1 << (bits - 1)) - 1), -20);
+    std::vector<double> out(static_cast<std::size_t>(batch * w.shape.rows));
+    for (index_t b = 0; b < batch; ++b) {
+      double d_sum = 0;
+      for (index_t j = 0; j < w.shape.binarized_cols(); ++j)
+        d_sum += d[static_cast<std::size_t>(b * blocks + j / g::detail::plane_block_cols)];
+      for (index_t r = 0; r < w.shape.rows; ++r)
+        out[static_cast<std::size_t>(b * w.shape.rows + r)] = std::fabs(w.row_scales[r].to_float()) * d_sum * per_step;
+    }
+    return out;
+  }
+};
+
+/// Which tolerance a planes-path result must meet: both (the fp32 bound against x^, and the fp16 + quantization
+/// bound against x), or only the latter (detection: a changed matrix must fail the bound derived from the step).
+enum class plane_check { both, quantization_bound };
+
+/// The planes path's largest error/tolerance over a sage matrix's outputs (see plane_check).
+template <class Act, class Out>
+double compare_planes(const sp::format::sage_view<sp::host_space>& w, const std::vector<float>& x, index_t batch,
+                      const device_buffer<Out>& y, index_t y_stride, int bits, plane_check check) {
+  using T = typename g::detail::operand<Act>::type;
+  const index_t rows = w.shape.rows, cols = w.shape.cols;
+  const plane_emulation planes(w, x, batch, bits);
+  const auto x_hat = planes.template effective<T>(w, x);
+  const auto quantization = planes.bound(w);
+  const auto yd = y.to_host();
+  const auto ref = t::dense_reference(w, rows, cols, x, batch), ref_hat = t::dense_reference(w, rows, cols, x_hat, batch);
+  double worst = 0;
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t r = 0; r < rows; ++r) {
+      const auto i = static_cast<std::size_t>(b * rows + r);
+      const double v = to_host(yd[static_cast<std::size_t>(b * y_stride + r)]);
+      const double fp32 = 2.0 * static_cast<double>(cols + 8) * 0x1p-24;
+      const double tol = (binary_roundoff<Act>() + fp32) * ref.bound[i] + quantization[i] +
+                         unit_roundoff<Out>() * std::fabs(ref.y[i]) + 1e-30;
+      const double tol_hat = fp32 * ref_hat.bound[i] + unit_roundoff<Out>() * std::fabs(ref_hat.y[i]) + 1e-30;
+      const double err = std::fabs(v - ref.y[i]), err_hat = std::fabs(v - ref_hat.y[i]);
+      if (!(err == err)) return INFINITY;
+      worst = std::max(worst, err / tol);
+      if (check == plane_check::both) worst = std::max(worst, err_hat / tol_hat);
+    }
+  return worst;
+}
+
 template <class Op>
 bool launch(const typename Op::arguments& args) {
   if (auto ok = Op::can_implement(args); !ok) {
@@ -164,9 +264,10 @@ bool launch(const typename Op::arguments& args) {
 }
 
 /// One GEMV on the device; returns the largest |y - ref| / tolerance (> 1 fails, inf for NaN / unwritten).
+/// plane_bits > 0: the call runs the planes path with that many bits (compare_planes with `check`).
 template <class Op, class Act, class Out, class View>
 double run_and_compare(const View& host_view, typename Op::arguments args, index_t rows, index_t cols, index_t batch,
-                       std::uint64_t seed, double u_in) {
+                       std::uint64_t seed, double u_in, int plane_bits = 0, plane_check check = plane_check::both) {
   device_x<Act> x(batch, cols, seed);
   const index_t y_stride = rows + 3;
   auto y = poisoned_y<Out>(batch, y_stride);
@@ -176,6 +277,17 @@ double run_and_compare(const View& host_view, typename Op::arguments args, index
   args.y_stride = y_stride;
   args.batch = batch;
   if (!launch<Op>(args)) return INFINITY;
+  if constexpr (std::is_same_v<View, sp::format::sage_view<sp::host_space>>)
+    if (plane_bits > 0) {
+      // Deterministic: a second run on the same input gives the same bits.
+      const auto first = y.to_host();
+      CUDA_OK(cudaMemset(y.ptr, 0xff, y.n * sizeof(Out)));
+      if (!launch<Op>(args)) return INFINITY;
+      const auto second = y.to_host();
+      expect(std::memcmp(first.data(), second.data(), first.size() * sizeof(Out)) == 0,
+             "planes path: the same input gives bit-identical output");
+      return compare_planes<Act>(host_view, x.host, batch, y, y_stride, plane_bits, check);
+    }
   return compare(host_view, rows, cols, x.host, batch, y, y_stride, u_in);
 }
 
@@ -185,7 +297,7 @@ template <class View> index_t rows_of(const View& v) { return v.rows; }
 /// A fused call over host_views.size() matrices (weights already in args); the largest error/tolerance of any.
 template <class Fused, class View>
 double run_fused(const std::vector<View>& host_views, typename Fused::arguments args, index_t cols, index_t batch,
-                 std::uint64_t seed, double u_in) {
+                 std::uint64_t seed, double u_in, int plane_bits = 0) {
   using Act = typename Fused::activation_type;
   using Out = typename Fused::output_type;
   device_x<Act> x(batch, cols, seed);
@@ -202,9 +314,16 @@ double run_fused(const std::vector<View>& host_views, typename Fused::arguments 
   args.batch = batch;
   if (!launch<Fused>(args)) return INFINITY;
   double worst = 0;
-  for (std::size_t i = 0; i < host_views.size(); ++i)
+  for (std::size_t i = 0; i < host_views.size(); ++i) {
+    if constexpr (std::is_same_v<View, sp::format::sage_view<sp::host_space>>)
+      if (plane_bits > 0) {
+        worst = std::max(worst, compare_planes<Act>(host_views[i], x.host, batch, ys[i], args.y_stride[i], plane_bits,
+                                                    plane_check::both));
+        continue;
+      }
     worst = std::max(worst, compare(host_views[i], rows_of(host_views[i]), cols, x.host, batch, ys[i], args.y_stride[i],
                                     u_in));
+  }
   return worst;
 }
 
@@ -218,11 +337,34 @@ struct device_sage {
         view(sp::format::view_serialized<sp::device_space>(m.shape, buffer.ptr)) {}
 };
 
-/// sm90_policy with bit_decode for every K (the default takes it from 16 K steps per block on), so small shapes test
-/// both decodes.
-struct bit_decode_policy : g::sm90_policy {
+/// The fp16 kernels (sm90_fp16_policy) with bit_decode for every K (the default takes it from 16 K steps per block
+/// on), so small shapes test both decodes.
+struct bit_decode_policy : g::sm90_fp16_policy {
   static constexpr int bit_decode_min_steps = 0;
 };
+/// The planes path with 8-bit planes (one plane half).
+struct planes8_policy : g::sm90_policy {
+  static constexpr int plane_bits = 8;
+};
+/// The planes path with two row tiles at every batch (the default takes them from batch 4 on).
+struct planes_two_tiles_policy : g::sm90_policy {
+  static constexpr int planes_two_tiles_min_batch = 1;
+};
+
+/// Bits of the planes path that op's policy runs at this batch, 0 for the fp16 kernels.
+template <class Act, class Out, class Policy>
+int plane_bits_of(index_t batch) {
+  using impl = g::detail::binary_gemv<g::detail::sage_rows, Act, Out, Policy>;
+  return impl::use_planes(batch) ? impl::plane_bits : 0;
+}
+template <class Policy>
+const char* policy_name() {
+  if constexpr (std::is_same_v<Policy, bit_decode_policy>) return "(fp16, bit_decode) ";
+  else if constexpr (std::is_same_v<Policy, g::sm90_fp16_policy>) return "(fp16) ";
+  else if constexpr (std::is_same_v<Policy, planes8_policy>) return "(planes 8) ";
+  else if constexpr (std::is_same_v<Policy, planes_two_tiles_policy>) return "(planes, 2 tiles) ";
+  else return "";
+}
 
 template <class Act, class Out, class Policy = g::sm90_policy>
 void check_sage(const t::sage_case& cs, bool quick) {
@@ -232,8 +374,8 @@ void check_sage(const t::sage_case& cs, bool quick) {
   for (index_t batch = 1; batch <= 8; batch += quick ? 7 : 1) {
     const double worst = run_and_compare<op, Act, Out>(m.view(), typename op::arguments{d.view}, cs.rows, cs.cols,
                                                        batch, cs.seed * 10 + static_cast<std::uint64_t>(batch),
-                                                       binary_roundoff<Act>());
-    expect(worst <= 1.0, std::string("sage ") + (std::is_same_v<Policy, bit_decode_policy> ? "(bit_decode) " : "") +
+                                                       binary_roundoff<Act>(), plane_bits_of<Act, Out, Policy>(batch));
+    expect(worst <= 1.0, std::string("sage ") + policy_name<Policy>() +
                              name<Act>() + "->" + name<Out>() + " " + std::to_string(cs.rows) + "x" +
                              std::to_string(cs.cols) + " batch " + std::to_string(batch) + ": error/tolerance " +
                              std::to_string(worst));
@@ -257,7 +399,9 @@ void check_q1_0(index_t rows, index_t cols, bool quick) {
 }
 
 /// The tolerance is tight enough: a flipped sign bit, row scale, group scale or salient code fails it, for either
-/// decode (bit_decode_policy at batch 1 runs bit_decode; batch 8 runs sign_decode).
+/// fp16 decode (bit_decode_policy at batch 1 runs bit_decode; sm90_fp16_policy at batch 8 runs sign_decode) and the
+/// planes path (16 bits: the bound derived from the quantization step alone must catch it; 8 bits: the step is too
+/// coarse for a changed scale at K = 172, so the emulated-x^ bound must).
 template <class Policy>
 void check_detection(index_t batch) {
   const t::sage_case cs{37, 172, 3, 3, 4, false, 71};
@@ -271,10 +415,12 @@ void check_detection(index_t batch) {
     if (magnitude(j) > magnitude(stored)) stored = j;
   auto run_changed = [&](const sp::format::sage_matrix& changed) {
     device_sage d(changed);  // device holds the changed matrix; the reference comes from the original
+    const int bits = plane_bits_of<__half, float, Policy>(batch);
     return run_and_compare<op, __half, float>(m.view(), typename op::arguments{d.view}, cs.rows, cs.cols, batch, seed,
-                                              binary_roundoff<__half>());
+                                              binary_roundoff<__half>(), bits,
+                                              bits >= 16 ? plane_check::quantization_bound : plane_check::both);
   };
-  const std::string at = " (batch " + std::to_string(batch) + ")";
+  const std::string at = std::string(" ") + policy_name<Policy>() + "(batch " + std::to_string(batch) + ")";
   expect(run_changed(m) <= 1.0, "unchanged matrix passes" + at);
   auto flipped = m;
   flipped.signs[static_cast<std::size_t>(5 * m.shape.sign_row_words() + stored / 32)] ^= 1u << (stored % 32);
@@ -366,7 +512,8 @@ void check_rtn_detection(index_t batch) {
 
 /// One fused call over the `count` matrices make(0), make(1), ...: the worst error/tolerance of its outputs.
 template <class Fused, class Device, class Make>
-double run_fused_matrices(std::size_t count, index_t cols, index_t batch, std::uint64_t seed, double u_in, Make make) {
+double run_fused_matrices(std::size_t count, index_t cols, index_t batch, std::uint64_t seed, double u_in,
+                          int plane_bits, Make make) {
   using matrix = decltype(make(std::size_t{0}));
   std::vector<matrix> ms;
   std::vector<std::unique_ptr<Device>> ds;
@@ -378,7 +525,7 @@ double run_fused_matrices(std::size_t count, index_t cols, index_t batch, std::u
   }
   std::vector<decltype(ms.front().view())> views;
   for (const auto& m : ms) views.push_back(m.view());
-  return run_fused<Fused>(views, args, cols, batch, seed, u_in);
+  return run_fused<Fused>(views, args, cols, batch, seed, u_in, plane_bits);
 }
 
 /// Fused calls (2 and 3 matrices of different rows sharing x) of every format, each output against its own reference.
@@ -398,21 +545,20 @@ void check_fused(bool quick) {
                                                    {64, cols, 5, 4, 8, true, 13}};
           report("sage " + std::to_string(cols) + " cols", count, batch,
                  run_fused_matrices<g::fused_gemv<g::sage_gemv<Act, Out>>, device_sage>(
-                     count, cols, batch, seed, binary_roundoff<Act>(), [&](std::size_t i) {
-                       return t::random_sage(cases[i]);
-                     }));
+                     count, cols, batch, seed, binary_roundoff<Act>(), plane_bits_of<Act, Out, g::sm90_policy>(batch),
+                     [&](std::size_t i) { return t::random_sage(cases[i]); }));
         }
       }
       // q1_0: one fold for all
       report("q1_0", count, batch,
              run_fused_matrices<g::fused_gemv<g::q1_0_gemv<Act, Out>>, device_q1_0>(
-                 count, 384, batch, seed, binary_roundoff<Act>(),
+                 count, 384, batch, seed, binary_roundoff<Act>(), 0,
                  [](std::size_t i) { return t::random_q1_0(static_cast<index_t>(40 + 50 * i), 384, 20 + i); }));
       // rtn: one code width, groups may differ
       const sp::format::rtn_layout layouts[3] = {{4, 64, false}, {4, 1000, true}, {4, 32, false}};
       report("rtn", count, batch,
              run_fused_matrices<g::fused_gemv<g::rtn_gemv<Act, Out>>, device_rtn>(
-                 count, 172, batch, seed, 0.0, [&](std::size_t i) {
+                 count, 172, batch, seed, 0.0, 0, [&](std::size_t i) {
                    return t::random_rtn(static_cast<index_t>(37 + 40 * i), 172, layouts[i], 30 + i);
                  }));
     }
@@ -475,15 +621,22 @@ int main(int argc, char** argv) {
     cases.push_back(t::sage_case{70, 4200, 42, 4, 4, false, 6});  // many K steps per warp
   }
   for (const auto& cs : cases) {
-    check_sage<__half, float>(cs, quick);
+    check_sage<__half, float>(cs, quick);                          // planes, 16 bits
+    check_sage<__half, float, planes8_policy>(cs, quick);
+    check_sage<__half, float, planes_two_tiles_policy>(cs, quick);
+    check_sage<__half, float, g::sm90_fp16_policy>(cs, quick);     // fp16: bit_decode at batch <= 2 where K is long
     check_sage<__half, float, bit_decode_policy>(cs, quick);
     check_sage<__nv_bfloat16, float>(cs, quick);
+    check_sage<__nv_bfloat16, float, g::sm90_fp16_policy>(cs, quick);
   }
   check_sage<float, float>(cases[0], quick);
+  check_sage<float, float, g::sm90_fp16_policy>(cases[0], quick);
   check_sage<float, float, bit_decode_policy>(cases[0], quick);
   check_sage<__half, __half>(cases[1], quick);
   check_sage<__half, __nv_bfloat16, bit_decode_policy>(cases[1], quick);
-  check_sage<__half, float>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);  // bit_decode by the default policy
+  check_sage<__half, float>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);
+  check_sage<__half, float, planes8_policy>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);
+  check_sage<__half, float, g::sm90_fp16_policy>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);  // bit_decode
   check_sage<__nv_bfloat16, __nv_bfloat16>(cases[1], quick);
   for (auto [rows, cols] : {std::pair<index_t, index_t>{37, 172}, {130, 384}, {4000, 1000}}) {
     check_q1_0<__half, float>(rows, cols, quick);
@@ -506,8 +659,12 @@ int main(int argc, char** argv) {
   check_rtn_detection(1);
   check_rtn_detection(8);
   check_detection<bit_decode_policy>(1);
+  check_detection<g::sm90_fp16_policy>(1);
+  check_detection<g::sm90_fp16_policy>(8);
   check_detection<g::sm90_policy>(1);
   check_detection<g::sm90_policy>(8);
+  check_detection<planes8_policy>(1);
+  check_detection<planes8_policy>(8);
   check_bad_arguments();
   std::printf("%s: %d of %d checks passed\n", failures == 0 ? "PASS" : "FAIL", checks - failures, checks);
   return failures == 0 ? 0 : 1;

@@ -18,6 +18,11 @@
 /// the sum of x' taken out for fp16 at batch <= policy::bit_decode_max_batch; q1_0: +-d, d rounded to bf16 for bf16
 /// activations) and exact salient levels q - floor(zero), and accumulate in fp32: |y - y_exact| <= (u16 + 2 (K + 8)
 /// 2^-24) sum_j |w_j x_j| + u_out |y|, u16 = 2^-11 (fp16) or 2^-8 (bf16).
+/// sage at batch <= policy::planes_max_batch (the sm90 default: every batch) instead quantizes x' to
+/// policy::plane_bits-bit integers per 512 stored columns (binary_planes.cuh: d = max|x'| / (2^(bits-1) - 1)) and
+/// multiplies them exactly on binary tensor cores: the bound above plus |alpha_r| sum_j d_block(j) (1/2 + Q 2^-20)
+/// for the binarized columns (the salient tail keeps the 16-bit operand rounding). sm90_fp16_policy keeps the fp16
+/// numerics at every batch.
 /// rtn: fp32 products of the exact levels times the scale with x as given, |y - y_exact| <= (K + 8) 2^-24
 /// sum_j |w_j x_j| + u_out |y| (rtn_fma.cuh).
 /// run() never allocates and never synchronizes; errors come back as outcome (status::device_error carries the
@@ -39,6 +44,7 @@
 #include "../../format/sage.hpp"
 #include "../config.cuh"
 #include "binary_mma.cuh"
+#include "binary_planes.cuh"
 #include "policy.cuh"
 #include "rtn_fma.cuh"
 
@@ -111,48 +117,65 @@ struct binary_gemv {
     return {};
   }
 
-  /// Workspace, per fold: x' pairs, then the salient activations (16-bit), then the fold kernel's per-block sums
-  /// (two each).
-  static std::size_t pair_bytes(const Rows& rows, index_t batch) {
+  /// sage through activation planes on binary tensor cores (binary_planes.cuh) at this batch, else the fp16 kernels.
+  static constexpr bool planes_capable = std::is_same_v<Rows, sage_rows> && Policy::planes_max_batch > 0;
+  static bool use_planes(index_t batch) { return planes_capable && batch <= Policy::planes_max_batch; }
+  static constexpr int plane_bits = Policy::plane_bits;
+
+  /// Workspace, per fold: x' pairs (fp16 path) or the activation planes and their block scales (planes path), then
+  /// the salient activations (16-bit), then the fold kernel's per-block sums (two each).
+  static std::size_t pair_bytes(const Rows& rows, index_t batch, bool planes) {
+    if (planes) return static_cast<std::size_t>(batch * plane_words(rows.row_words(), plane_bits)) * 4;
     return round_up_16(static_cast<std::size_t>(batch * pair_words(rows.row_words())) * 4);
+  }
+  static std::size_t scale_bytes(const Rows& rows, index_t batch, bool planes) {
+    return planes ? round_up_16(static_cast<std::size_t>(batch * plane_blocks(rows.row_words())) * 4) : 0;
   }
   static std::size_t tail_bytes(const Rows& rows, index_t batch) {
     return round_up_16(static_cast<std::size_t>(batch * tail_padded(rows.tail_cols())) * 2);
   }
-  static int fold_blocks(const Rows& rows) {
+  static int fold_blocks(const Rows& rows, bool planes) {
+    if (planes)  // a block per activation block, then a thread per salient activation
+      return static_cast<int>(plane_blocks(rows.row_words()) +
+                              (tail_padded(rows.tail_cols()) + plane_block_cols - 1) / plane_block_cols);
     const index_t work = pair_words(rows.row_words()) + tail_padded(rows.tail_cols());  // per batch column
     return static_cast<int>((work + Policy::fold_threads - 1) / Policy::fold_threads);
   }
   /// The fold's grid x, common to the list: the largest of its matrices'.
-  static int fold_blocks(const problem_type* ps, int count) {
+  static int fold_blocks(const problem_type* ps, int count, bool planes) {
     int n = 0;
-    for (int i = 0; i < count; ++i) n = std::max(n, fold_blocks(ps[i].weights));
+    for (int i = 0; i < count; ++i) n = std::max(n, fold_blocks(ps[i].weights, planes));
     return n;
   }
   static int folds(int count) { return Rows::shared_fold ? std::min(count, 1) : count; }
-  static std::size_t segment_bytes(const Rows& rows, index_t batch, int n_sums) {
-    return pair_bytes(rows, batch) + tail_bytes(rows, batch) +
+  static std::size_t segment_bytes(const Rows& rows, index_t batch, int n_sums, bool planes) {
+    return pair_bytes(rows, batch, planes) + scale_bytes(rows, batch, planes) + tail_bytes(rows, batch) +
            round_up_16(static_cast<std::size_t>(2 * batch * n_sums) * 4);
   }
   static std::size_t workspace_size(const problem_type* ps, int count, index_t batch) {
-    const int n_sums = fold_blocks(ps, count);
+    const bool planes = use_planes(batch);
+    const int n_sums = fold_blocks(ps, count, planes);
     std::size_t bytes = 0;
-    for (int i = 0; i < folds(count); ++i) bytes += segment_bytes(ps[i].weights, batch, n_sums);
+    for (int i = 0; i < folds(count); ++i) bytes += segment_bytes(ps[i].weights, batch, n_sums, planes);
     return bytes;
   }
-  /// Where the fold output that matrix i reads lies in the workspace.
+  /// Where the fold output that matrix i reads lies in the workspace (pairs: x' pairs or activation planes).
   struct segment {
     std::uint32_t* pairs;
+    float* scales;
     std::uint16_t* tail;
     float* sums;
   };
   static segment segment_of(void* workspace, const problem_type* ps, int count, int i, index_t batch) {
-    const int n_sums = fold_blocks(ps, count), f = Rows::shared_fold ? 0 : i;
+    const bool planes = use_planes(batch);
+    const int n_sums = fold_blocks(ps, count, planes), f = Rows::shared_fold ? 0 : i;
     auto* bytes = static_cast<char*>(workspace);
-    for (int j = 0; j < f; ++j) bytes += segment_bytes(ps[j].weights, batch, n_sums);
+    for (int j = 0; j < f; ++j) bytes += segment_bytes(ps[j].weights, batch, n_sums, planes);
     const Rows& rows = ps[f].weights;
-    return {reinterpret_cast<std::uint32_t*>(bytes), reinterpret_cast<std::uint16_t*>(bytes + pair_bytes(rows, batch)),
-            reinterpret_cast<float*>(bytes + pair_bytes(rows, batch) + tail_bytes(rows, batch))};
+    char* scales = bytes + pair_bytes(rows, batch, planes);
+    char* tail = scales + scale_bytes(rows, batch, planes);
+    return {reinterpret_cast<std::uint32_t*>(bytes), reinterpret_cast<float*>(scales),
+            reinterpret_cast<std::uint16_t*>(tail), reinterpret_cast<float*>(tail + tail_bytes(rows, batch))};
   }
 
   /// Largest row_tiles (1 or 2, at most the policy's) that still gives ~0.9 blocks per SM.
@@ -196,7 +219,51 @@ struct binary_gemv {
     launch_config launch(static_cast<unsigned>(blocks), Policy::warps * 32, stream, programmatic);
     return cudaLaunchKernelEx(&launch.config,
                               binary_gemv_kernel<Rows, Act, Out, Decode, Policy::warps, Tiles, min_blocks, N>, p,
-                              fold_blocks(ps, count), batch);
+                              fold_blocks(ps, count, false), batch);
+  }
+
+  template <int Batch, int Tiles, int N>
+  static cudaError_t launch_planes_kernel(const problem_type* ps, int count, void* workspace, int batch,
+                                          cudaStream_t stream, bool programmatic) {
+    plane_gemv_problems<Rows, Out, N> p{};
+    int blocks = 0;
+    for (int i = 0; i < count; ++i) {
+      const segment s = segment_of(workspace, ps, count, i, batch);
+      p.rows[i] = ps[i].weights;
+      p.planes[i] = s.pairs;
+      p.scales[i] = s.scales;
+      p.tail[i] = s.tail;
+      p.sums[i] = s.sums;
+      p.y[i] = ps[i].y;
+      p.y_stride[i] = ps[i].y_stride;
+      p.first_block[i] = blocks;
+      blocks += static_cast<int>((ps[i].weights.rows() + 16 * Tiles - 1) / (16 * Tiles));
+    }
+    p.count = count;
+    launch_config launch(static_cast<unsigned>(blocks), Policy::warps * 32, stream, programmatic);
+    return cudaLaunchKernelEx(
+        &launch.config,
+        plane_gemv_kernel<Rows, Act, Out, plane_bits, Batch, Policy::warps, Tiles,
+                          Batch == 1 && Tiles == 1 ? Policy::planes_min_blocks_batch1 : Policy::planes_min_blocks, N>,
+        p,
+        fold_blocks(ps, count, true), batch);
+  }
+  /// The planes kernel for this batch: instances for batch 1, 2, 4 and 8 (a batch runs in the next one up), two
+  /// row tiles from policy.planes_two_tiles_min_batch on where the grid still covers the SMs; fused lists run one
+  /// tile (their problem list costs registers: two tiles spilled at batch 4).
+  template <int N>
+  static cudaError_t launch_planes(const problem_type* ps, int count, void* workspace, int batch, index_t rows,
+                                   int sms, cudaStream_t stream, bool programmatic) {
+    const bool two = N == 1 && batch >= Policy::planes_two_tiles_min_batch && row_tiles(rows, sms) == 2;
+    auto with_tiles = [&]<int Batch>() {
+      if constexpr (N == 1 && Batch >= Policy::planes_two_tiles_min_batch)
+        if (two) return launch_planes_kernel<Batch, 2, N>(ps, count, workspace, batch, stream, programmatic);
+      return launch_planes_kernel<Batch, 1, N>(ps, count, workspace, batch, stream, programmatic);
+    };
+    if (batch <= 1) return with_tiles.template operator()<1>();
+    if (batch <= 2) return with_tiles.template operator()<2>();
+    if (batch <= 4) return with_tiles.template operator()<4>();
+    return with_tiles.template operator()<8>();
   }
 
   /// The GEMV launch alone, on x' already folded into `workspace` (run() = fold_kernel + this).
@@ -209,6 +276,8 @@ struct binary_gemv {
       rows += ps[i].weights.rows();
       bit = bit && use_bit_decode(ps[i].weights, batch);
     }
+    if constexpr (planes_capable)
+      if (use_planes(batch)) return launch_planes<N>(ps, count, workspace, batch, rows, sms, stream, programmatic);
     if constexpr (bit_capable && Policy::bit_decode_max_batch > 0)
       if (bit) return launch_kernel<bit_decode, 1, N>(ps, count, workspace, batch, stream, programmatic);
     if (row_tiles(rows, sms) == 2)
@@ -221,17 +290,34 @@ struct binary_gemv {
                      void* workspace, cudaStream_t stream, bool programmatic = true) {
     if (workspace == nullptr || reinterpret_cast<std::uintptr_t>(workspace) % 16 != 0)
       return fail(status::invalid_argument, "cuda::gemv: workspace must be a 16-byte aligned device pointer");
-    fold_problems<Rows, N> f{};
-    for (int i = 0; i < folds(count); ++i) {
-      const segment s = segment_of(workspace, ps, count, i, batch);
-      f.rows[i] = ps[i].weights;
-      f.pairs[i] = s.pairs;
-      f.tail[i] = s.tail;
-      f.sums[i] = s.sums;
-    }
-    const dim3 blocks(static_cast<unsigned>(fold_blocks(ps, count)), static_cast<unsigned>(batch),
+    const bool planes = use_planes(batch);
+    const dim3 blocks(static_cast<unsigned>(fold_blocks(ps, count, planes)), static_cast<unsigned>(batch),
                       static_cast<unsigned>(folds(count)));
-    fold_kernel<Rows, Act, Policy::fold_threads, N><<<blocks, Policy::fold_threads, 0, stream>>>(f, x, x_stride);
+    if constexpr (planes_capable) {
+      if (planes) {
+        plane_fold_problems<Rows, N> f{};
+        for (int i = 0; i < folds(count); ++i) {
+          const segment s = segment_of(workspace, ps, count, i, batch);
+          f.rows[i] = ps[i].weights;
+          f.planes[i] = s.pairs;
+          f.scales[i] = s.scales;
+          f.tail[i] = s.tail;
+          f.sums[i] = s.sums;
+        }
+        plane_fold_kernel<Rows, Act, plane_bits, N><<<blocks, plane_block_cols, 0, stream>>>(f, x, x_stride);
+      }
+    }
+    if (!planes) {
+      fold_problems<Rows, N> f{};
+      for (int i = 0; i < folds(count); ++i) {
+        const segment s = segment_of(workspace, ps, count, i, batch);
+        f.rows[i] = ps[i].weights;
+        f.pairs[i] = s.pairs;
+        f.tail[i] = s.tail;
+        f.sums[i] = s.sums;
+      }
+      fold_kernel<Rows, Act, Policy::fold_threads, N><<<blocks, Policy::fold_threads, 0, stream>>>(f, x, x_stride);
+    }
     SAGEPTQ_CUDA_TRY(cudaGetLastError());
     int device = 0, sms = 0;
     SAGEPTQ_CUDA_TRY(cudaGetDevice(&device));

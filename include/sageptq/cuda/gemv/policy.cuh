@@ -22,6 +22,12 @@ struct sm80_policy {
   static constexpr int bit_decode_min_steps = 2;
   static constexpr int rtn_warps = 8;
   static constexpr int rtn_rows_per_warp = 2;
+  /// Activation planes (binary_planes.cuh) off: b1 mma is native on the A100 too, but the path was never timed there.
+  static constexpr int planes_max_batch = 0;
+  static constexpr int plane_bits = 16;
+  static constexpr int planes_min_blocks = 2;
+  static constexpr int planes_min_blocks_batch1 = 2;
+  static constexpr int planes_two_tiles_min_batch = 4;
 };
 
 /// H100: 132 SMs at ~3.35 TB/s; 8 warps x up to 2 row tiles (<= 128 registers) let 2 blocks share an SM; sign
@@ -39,6 +45,25 @@ struct sm90_policy {
   static constexpr int bit_decode_min_steps = 2;  ///< ... and from this many 512-column steps per warp (K >= ~8192)
   static constexpr int rtn_warps = 8;             ///< rtn: 16 rows per block (4096 rows: 256 blocks)
   static constexpr int rtn_rows_per_warp = 2;     ///< rows sharing each x load
+  /// sage on binary tensor cores with x' as 16-bit activation planes (binary_planes.cuh) up to this batch; the fp16
+  /// kernels above it (0: never). bench/mma_throughput_cuda.cu: b1 and.popc is native here at the HMMA.16816 issue
+  /// rate (16x the weights per instruction, no decode), so the planes path replaces the ALU-bound fp16 decode at
+  /// every batch (bench/results/gemv.md, 2026-11-27).
+  static constexpr int planes_max_batch = 8;
+  static constexpr int plane_bits = 16;          ///< 16: close to fp16 operands; 8: the CPU VNNI path's grid
+  static constexpr int planes_min_blocks = 2;    ///< blocks per SM the planes kernel's registers must allow
+  /// ... at batch 1: 4 (<= 64 registers; 68 unbounded), so 8192 rows (512 blocks) run in one wave on 132 SMs.
+  static constexpr int planes_min_blocks_batch1 = 4;
+  /// Two row tiles (32 rows share each plane load) from this batch on, where the grid still covers the SMs (8192
+  /// rows and more): 2026-11-27, 8192 x 28672 batch 1: kernel 16.1 us with two tiles vs 18.7 with one; 4096 rows keep
+  /// one tile (128 blocks would not fill 132 SMs).
+  static constexpr int planes_two_tiles_min_batch = 1;
+};
+
+/// sm90_policy with fp16 activation numerics for sage (the binary_mma.cuh kernels at every batch): for callers that
+/// want x' rounded to fp16 rather than quantized to 16-bit planes, and the benchmark's "before" column.
+struct sm90_fp16_policy : sm90_policy {
+  static constexpr int planes_max_batch = 0;
 };
 
 }  // namespace cuda::gemv

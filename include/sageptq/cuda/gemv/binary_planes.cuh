@@ -1,0 +1,403 @@
+#pragma once
+/// @file binary_planes.cuh
+/// Device side of the sage GEMV on *binary* tensor cores: the raw sign words are the A operand of
+/// mma.m16n8k256.b1.and.popc (4096 weights per instruction, no decode), and the activations are bit planes.
+///
+/// Why: bench/mma_throughput_cuda.cu measured BMMA.168256.AND.POPC native on the H100 at the issue rate of
+/// HMMA.16816 (0.67 mma per SM per clock), i.e. 16x the weights per tensor instruction, and it needs no LOP3 per
+/// register; the fp16 kernel (binary_mma.cuh) was bound by its 4 LOP3 per HMMA on the ALU pipe. (xor.popc and the s4
+/// shapes are emulated there, 6x and 50x slower: not used.)
+///
+/// Numerics (the "activation planes" mode). x' = beta * x (float, stored order, zero past the binarized columns) is
+/// quantized per block of plane_block_cols = 512 stored columns: m = max |x'|, d = m / Q, q = round_half_even(x' *
+/// (Q / m)), Q = 2^(Bits-1) - 1 (Bits = 16: close to fp16 operands; 8: the CPU VNNI path's grid), so |x' - d q| <=
+/// d (1/2 + Q 2^-20). Bit p of q's two's complement is plane p (weight 2^p, the top one -2^(Bits-1)). With b the
+/// sign bits (s = 2 b - 1), per block sum_j s_j q_j = 2 P - S, P = sum_p w_p popc(b & plane_p) (exact in int32) and
+/// S = sum_j q_j (from the fold), so y = alpha sum_blocks d (2 P - S) in fp32 (+ the salient tail, as in
+/// binary_mma.cuh): against the exact GEMV on the dequantized x^ = d q the error is an fp32 accumulation error,
+/// and x^ itself adds at most |alpha| sum_j d_block(j) (1/2 + Q 2^-20).
+///
+/// Layouts (workspace, per batch column): planes[block][plane][16 words] (the 512 columns of a block = one K step of
+/// a warp: 4 lanes x 16-byte sign vectors), the block scales d[block], the salient activations and the fold's block
+/// sums as in binary_mma.cuh. mma operands of thread (g = lane / 4, c = lane % 4) for word pair (2q, 2q + 1) of its
+/// sign vector: A = words 2q, 2q + 1 of rows g and g + 8 (k blocks c and 4 + c of the mma), B = the same two words of
+/// plane 8 h + g (batch column n = g of the mma is a plane), so D column 2c + i is plane 8 h + 2c + i.
+/// Threading: one launch of plane_fold_kernel, then one of plane_gemv_kernel, on the caller's stream.
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cub/block/block_reduce.cuh>
+#include <cub/warp/warp_reduce.cuh>
+
+#include "../config.cuh"
+#include "binary_mma.cuh"
+#include "common.cuh"
+
+SAGEPTQ_NAMESPACE_BEGIN
+namespace cuda::gemv::detail {
+
+inline constexpr int plane_block_cols = 512;  ///< one scale d per this many stored columns: one warp K step
+inline constexpr int plane_block_words = plane_block_cols / 32;
+
+/// The largest |q| of Bits-bit activation planes.
+template <int Bits>
+inline constexpr int plane_max_q = (1 << (Bits - 1)) - 1;
+
+/// Activation blocks of a sign row (= K steps of the GEMV; the last one zero-padded).
+__host__ __device__ inline index_t plane_blocks(index_t row_words) {
+  return (row_words + plane_block_words - 1) / plane_block_words;
+}
+/// 32-bit words of the planes of one batch column.
+__host__ __device__ inline index_t plane_words(index_t row_words, int bits) {
+  return plane_blocks(row_words) * bits * plane_block_words;
+}
+
+/// What plane_fold_kernel writes for matrix z (grid z).
+template <class Rows, int N>
+struct plane_fold_problems {
+  Rows rows[N];
+  std::uint32_t* planes[N];
+  float* scales[N];
+  std::uint16_t* tail[N];
+  float* sums[N];
+};
+
+/// x' of batch column blockIdx.y as activation planes: block x < plane_blocks quantizes activation block x, a
+/// thread per column (the gathers of x run in parallel), warp w building word w of each plane with one __ballot_sync
+/// per plane; blocks past those round the salient activations to the operand type, a thread each. Per block:
+/// sums[0][b][x] = d S, sums[1][b][x] = the tail sum T (binary_mma.cuh's layout, added by the GEMV in a fixed order:
+/// deterministic). Grid x is the largest of the matrices' (each matrix splits it by its own block count).
+template <class Rows, class Act, int Bits, int N>
+__launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
+    void plane_fold_kernel(const __grid_constant__ plane_fold_problems<Rows, N> p, const Act* __restrict__ x,
+                           index_t x_stride) {
+#if SAGEPTQ_CUDA_ARCH >= 900
+  asm volatile("griddepcontrol.launch_dependents;");  // let the GEMV start streaming weights now
+#endif
+  static_assert(Bits == 8 || Bits == 16, "activation planes come in halves of 8 (the mma's n)");
+  using T = typename operand<Act>::type;
+  constexpr int warps = plane_block_cols / 32;
+  const int z = N == 1 ? 0 : static_cast<int>(blockIdx.z);
+  const Rows& rows = p.rows[z];
+  const index_t blocks = plane_blocks(rows.row_words()), b = blockIdx.y;
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  const Act* row = x + b * x_stride;
+  __shared__ float warp_max[warps];
+  __shared__ int warp_sum[warps];
+  float scaled_sum = 0.0f, tail_sum = 0.0f;
+  if (const index_t block = blockIdx.x; block < blocks) {  // uniform per block
+    const float v = rows.folded(row, block * plane_block_cols + threadIdx.x);
+    float m = fabsf(v);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+    if (lane == 0) warp_max[warp] = m;
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < warps; ++w) m = fmaxf(m, warp_max[w]);
+    constexpr float q_max = static_cast<float>(plane_max_q<Bits>);
+    const float inverse = m > 0.0f ? __fdiv_rn(q_max, m) : 0.0f, d = __fdiv_rn(m, q_max);
+    const int q = __float2int_rn(__fmul_rn(v, inverse));
+    std::uint32_t mine = 0;  // lane p < Bits: word `warp` of plane p
+#pragma unroll
+    for (int plane = 0; plane < Bits; ++plane) {
+      const std::uint32_t word = __ballot_sync(0xffffffffu, (q >> plane) & 1);
+      if (lane == plane) mine = word;
+    }
+    if (lane < Bits)
+      p.planes[z][b * plane_words(rows.row_words(), Bits) + (block * Bits + lane) * plane_block_words + warp] = mine;
+    int s = q;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+    if (lane == 0) warp_sum[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int total = 0;  // |S| < 2^24: exact in float
+#pragma unroll
+      for (int w = 0; w < warps; ++w) total += warp_sum[w];
+      p.scales[z][b * blocks + block] = d;
+      scaled_sum = d * static_cast<float>(total);
+    }
+  } else {
+    const auto padded = static_cast<std::uint32_t>(tail_padded(rows.tail_cols())),
+               tail_cols = static_cast<std::uint32_t>(rows.tail_cols());
+    if (const auto k = static_cast<std::uint32_t>((block - blocks) * plane_block_cols + threadIdx.x); k < padded) {
+      const std::uint16_t v = operand_bits<T>(k < tail_cols ? rows.tail(row, k) : 0.0f);
+      p.tail[z][b * padded + k] = v;
+      tail_sum = to_float(bits_as<T>(v));
+    }
+    using block_reduce = cub::BlockReduce<float, plane_block_cols>;
+    __shared__ typename block_reduce::TempStorage storage;
+    tail_sum = block_reduce(storage).Sum(tail_sum);  // valid in thread 0
+  }
+  if (threadIdx.x == 0) {
+    p.sums[z][b * gridDim.x + blockIdx.x] = scaled_sum;
+    p.sums[z][(gridDim.y + b) * gridDim.x + blockIdx.x] = tail_sum;
+  }
+}
+
+/// d = a b + c on binary tensor cores: popcounts of (row of A) & (column of B) over 256 k, added to c.
+__device__ __forceinline__ void mma_b1_and_popc(std::uint32_t (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                                std::uint32_t b1, const std::uint32_t (&c)[4]) {
+  asm("mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %11, %12, %13};"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
+}
+
+/// The GEMV's problem list (as gemv_problems in binary_mma.cuh, with the planes and block scales for x').
+template <class Rows, class Out, int N>
+struct plane_gemv_problems {
+  Rows rows[N];
+  const std::uint32_t* planes[N];
+  const float* scales[N];
+  const std::uint16_t* tail[N];
+  const float* sums[N];
+  Out* y[N];
+  index_t y_stride[N];
+  int first_block[N];
+  int count;
+};
+
+/// Batch: the largest batch this instance serves (1, 2, 4 or 8; `batch` <= Batch at run time). The block structure,
+/// the sign ring, the staging and the epilogue are binary_gemv_kernel's; the main loop is 2 b1 mmas per word pair,
+/// batch column and plane half, and a per-step (= per activation block) flush: the planes' popcounts weighted in
+/// int32, summed over the 4 lanes of a row (exact: |P| < 2^24), then d P added in fp32.
+template <class Rows, class Act, class Out, int Bits, int Batch, int Warps, int Tiles, int MinBlocks, int N>
+__launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
+    void plane_gemv_kernel(const __grid_constant__ plane_gemv_problems<Rows, Out, N> p, int n_sums, int batch) {
+  using T = typename operand<Act>::type;
+  static_assert(Rows::unit_vector_scale && Rows::has_tail, "activation planes implement sage rows");
+  constexpr int block_rows = 16 * Tiles, stages = ring_stages<Tiles>, halves = Bits / 8;
+  const int m = problem_of_block(p.first_block, p.count);
+  const Rows& rows = p.rows[m];
+  const std::uint16_t* __restrict__ tail = p.tail[m];
+  const float* __restrict__ sums = p.sums[m];
+  Out* __restrict__ y = p.y[m];
+  const index_t y_stride = p.y_stride[m];
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32), g = lane / 4,
+            c = lane % 4;
+  const index_t n_rows = rows.rows(), row_words = rows.row_words(), vectors = row_words / 4;
+  const index_t row0 = static_cast<index_t>(static_cast<int>(blockIdx.x) - p.first_block[m]) * block_rows;
+
+  const std::uint32_t* sign_row[Tiles][2];
+#pragma unroll
+  for (int t = 0; t < Tiles; ++t)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) sign_row[t][h] = rows.w.signs + min(row0 + 16 * t + g + 8 * h, n_rows - 1) * row_words;
+  // Warp w takes K steps w, w + Warps, ...: at any time the block's warps read consecutive 64-byte pieces of each
+  // row (whole 128-byte lines), not 8 separate streams per row.
+  const index_t steps = plane_blocks(row_words), my_steps = steps > warp ? (steps - warp + Warps - 1) / Warps : 0;
+  auto step_of = [&](index_t i) { return warp + i * Warps; };
+  __shared__ uint4 ring[stages][Tiles][2][Warps * 32];
+  auto issue = [&](index_t i) {
+    const auto v = static_cast<std::uint32_t>(4 * step_of(i) + c);
+    const bool in_row = v < static_cast<std::uint32_t>(vectors);
+    const int slot = static_cast<int>(static_cast<std::uint32_t>(i) % stages);
+#pragma unroll
+    for (int t = 0; t < Tiles; ++t)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        copy_async_16(&ring[slot][t][h][threadIdx.x], sign_row[t][h] + 4 * (in_row ? v : 0u), in_row ? 16 : 0);
+  };
+#pragma unroll
+  for (int i = 0; i < stages - 1; ++i) {
+    if (i < my_steps) issue(i);
+    if (i < stages - 2) copy_async_commit();
+  }
+
+  __shared__ float row_alpha[block_rows], row_salient[block_rows], row_zero[block_rows], row_half[block_rows];
+  __shared__ float x_sum[2][max_batch];  // sum_blocks d S and T of each batch column
+  __shared__ std::uint32_t staged_codes[staged_code_words];
+  const index_t block_end = min(row0 + block_rows, n_rows), my_row = row0 + threadIdx.x;
+  const bool row_owner = my_row < block_end;  // block_rows <= threads
+  float my_alpha = 0.0f, my_salient = 0.0f, my_zero = 0.0f;
+  if (row_owner) my_alpha = rows.row_scale(my_row);
+  const index_t ks = rows.tail_cols(), tail_stride = tail_padded(ks);
+  const index_t code_words = rows.w.shape.salient_row_words();
+  const std::uint32_t* codes = rows.w.salient_codes + row0 * code_words;
+  if (ks > 0) {
+    if (row_owner) {
+      my_salient = rows.salient_scale(my_row);
+      my_zero = rows.salient_zero(my_row);
+    }
+    if ((block_end - row0) * code_words <= staged_code_words) {
+      for (index_t i = threadIdx.x; i < (block_end - row0) * code_words; i += blockDim.x)
+        copy_async_4(&staged_codes[i], codes + i);
+      codes = staged_codes;
+    }
+  }
+#if SAGEPTQ_CUDA_ARCH >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // the planes, scales and salient activations: plane_fold_kernel
+#endif
+  __shared__ float staged_sums[staged_sum_floats];
+  __shared__ std::uint32_t staged_tail[staged_tail_words];
+  const float* block_sums = sums;
+  if (2 * batch * n_sums <= staged_sum_floats) {
+    for (int i = threadIdx.x; i < 2 * batch * n_sums; i += blockDim.x) copy_async_4(&staged_sums[i], sums + i);
+    block_sums = staged_sums;
+  }
+  const std::uint32_t* tail_pairs = reinterpret_cast<const std::uint32_t*>(tail);  // (x[k], x[k + 1]) per word
+  if (batch * tail_stride / 2 <= staged_tail_words) {
+    for (index_t i = threadIdx.x; i < batch * tail_stride / 2; i += blockDim.x)
+      copy_async_4(&staged_tail[i], tail_pairs + i);
+    tail_pairs = staged_tail;
+  }
+  copy_async_commit();
+
+  // Plane words of (batch column b, half h) for this thread at a step: one 16-byte piece of the 512 bytes a warp
+  // reads (coalesced); prefetched into L1 as far ahead as the sign ring.
+  // 32-bit offsets (the workspace is far below 16 GB): fewer 64-bit multiplies per batch column.
+  const auto column_vectors = static_cast<std::uint32_t>(plane_words(row_words, Bits) / 4);
+  const uint4* my_planes = reinterpret_cast<const uint4*>(p.planes[m]) + (g * plane_block_words + 4 * c) / 4;
+  const float* __restrict__ scales = p.scales[m];
+  const auto n_steps = static_cast<std::uint32_t>(steps);
+  auto plane_at = [&](int b, index_t step, int h) {
+    return my_planes + (static_cast<std::uint32_t>(b) * column_vectors +
+                        (static_cast<std::uint32_t>(step) * Bits + 8 * h) * (plane_block_words / 4));
+  };
+  auto prefetch_planes = [&](index_t i) {
+    if (i >= my_steps) return;
+#pragma unroll
+    for (int b = 0; b < Batch; ++b)
+#pragma unroll
+      for (int h = 0; h < halves; ++h)
+        if (b < batch) prefetch_l1(plane_at(b, step_of(i), h));
+  };
+#pragma unroll
+  for (int i = 0; i < stages - 1; ++i) prefetch_planes(i);
+
+  // Weights of this thread's D columns 2c and 2c + 1 (planes 8 h + 2c + i); the top plane is the sign (negative).
+  std::int32_t weight[halves][2];
+#pragma unroll
+  for (int h = 0; h < halves; ++h)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int plane = 8 * h + 2 * c + i;
+      weight[h][i] = plane == Bits - 1 ? -(1 << plane) : 1 << plane;
+    }
+  float acc[Tiles][Batch][2] = {};  // sum over blocks of d P, rows g and g + 8
+  constexpr std::uint32_t zero[4] = {0, 0, 0, 0};
+  for (index_t i = 0; i < my_steps; ++i) {
+    copy_async_wait<stages - 2>();  // this step's group has landed
+    uint4 words[Tiles][2];
+    const int slot = static_cast<int>(static_cast<std::uint32_t>(i) % stages);
+#pragma unroll
+    for (int t = 0; t < Tiles; ++t)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) words[t][h] = ring[slot][t][h][threadIdx.x];
+    if (i + stages - 1 < my_steps) issue(i + stages - 1);  // into the slot read one step ago
+    copy_async_commit();
+    prefetch_planes(i + stages - 1);
+    const index_t step = step_of(i);
+    // Past the row end the signs are zero-filled (A = 0) and the planes are zero: nothing to mask.
+#pragma unroll
+    for (int b = 0; b < Batch; ++b) {
+      if (b >= batch) break;
+      uint4 plane[halves];
+#pragma unroll
+      for (int h = 0; h < halves; ++h) plane[h] = __ldg(plane_at(b, step, h));
+      const float d = __ldg(scales + (static_cast<std::uint32_t>(b) * n_steps + static_cast<std::uint32_t>(step)));
+      std::int32_t partial[Tiles][2] = {};
+#pragma unroll
+      for (int h = 0; h < halves; ++h)
+#pragma unroll
+        for (int t = 0; t < Tiles; ++t) {
+          const std::uint32_t a0[4] = {words[t][0].x, words[t][1].x, words[t][0].y, words[t][1].y},
+                              a1[4] = {words[t][0].z, words[t][1].z, words[t][0].w, words[t][1].w};
+          std::uint32_t count[4];
+          mma_b1_and_popc(count, a0, plane[h].x, plane[h].y, zero);
+          mma_b1_and_popc(count, a1, plane[h].z, plane[h].w, count);
+          // counts <= 512, weights <= 2^15: |partial| < 2^26
+          partial[t][0] += static_cast<std::int32_t>(count[0]) * weight[h][0] +
+                           static_cast<std::int32_t>(count[1]) * weight[h][1];
+          partial[t][1] += static_cast<std::int32_t>(count[2]) * weight[h][0] +
+                           static_cast<std::int32_t>(count[3]) * weight[h][1];
+        }
+#pragma unroll
+      for (int t = 0; t < Tiles; ++t)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          std::int32_t total = partial[t][r];
+          total += __shfl_xor_sync(0xffffffffu, total, 1);
+          total += __shfl_xor_sync(0xffffffffu, total, 2);  // P of the block: exact, |P| < 2^24
+          acc[t][b][r] = fmaf(d, static_cast<float>(total), acc[t][b][r]);
+        }
+    }
+  }
+
+  // Epilogue (binary_mma.cuh's): per-row scalars, the fold's sums, the salient tail on fp16/bf16 mmas, then the
+  // warps' partial sums through shared memory in a fixed order.
+  copy_async_wait<0>();
+  if (row_owner) {
+    row_alpha[threadIdx.x] = my_alpha;
+    row_salient[threadIdx.x] = my_salient;
+    row_zero[threadIdx.x] = floorf(my_zero);
+    row_half[threadIdx.x] = my_zero - floorf(my_zero);
+  }
+  __syncthreads();
+  using warp_reduce = cub::WarpReduce<float>;
+  __shared__ typename warp_reduce::TempStorage reduce_storage[Warps];
+  for (int job = warp; job < 2 * batch; job += Warps) {  // job b: sum d S of column b; batch + b: T of column b
+    float partial = 0.0f;
+    for (int i = lane; i < n_sums; i += 32) partial += block_sums[job * n_sums + i];
+    const float total = warp_reduce(reduce_storage[warp]).Sum(partial);
+    if (lane == 0) x_sum[job / batch][job % batch] = total;
+    __syncwarp();
+  }
+
+  const index_t my_column = min(g, batch - 1);
+  const bool my_batch = g < batch;
+  float tail_acc[Tiles][4] = {};
+  {
+    const std::uint32_t* my_tail = tail_pairs + my_column * tail_stride / 2;
+    const int bits = rows.w.shape.salient_bits;
+    for (index_t k0 = 16 * warp; k0 < tail_stride; k0 += 16 * Warps) {
+      const std::uint32_t b0 = my_batch ? my_tail[(k0 + 2 * c) / 2] : 0u,
+                          b1 = my_batch ? my_tail[(k0 + 2 * c + 8) / 2] : 0u;
+#pragma unroll
+      for (int t = 0; t < Tiles; ++t) {
+        std::uint32_t a[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int local = min(16 * t + g + 8 * (i % 2), static_cast<int>(block_end - row0) - 1);
+          a[i] = level_pair<T>(codes + static_cast<index_t>(local) * code_words, code_words, k0 + 2 * c + 8 * (i / 2),
+                               bits, row_zero[local]);
+        }
+        mma_16816<T>(tail_acc[t], a, b0, b1);
+      }
+    }
+  }
+
+  auto* red = reinterpret_cast<float(*)[Tiles][16][max_batch]>(&ring[0][0][0][0]);
+  auto* red_tail = red + Warps;
+  static_assert(sizeof(ring) >= 2 * Warps * Tiles * 16 * max_batch * sizeof(float), "the ring holds the sums");
+#pragma unroll
+  for (int t = 0; t < Tiles; ++t) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)  // tail accumulator i: row g + 8 (i / 2), batch column 2c + i % 2
+      red_tail[warp][t][g + 8 * (i / 2)][2 * c + i % 2] = tail_acc[t][i];
+    if (c == 0)  // the 4 lanes of a row hold the same sums
+#pragma unroll
+      for (int b = 0; b < Batch; ++b)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) red[warp][t][g + 8 * r][b] = acc[t][b][r];
+  }
+  __syncthreads();
+
+  for (int local = warp; local < block_rows; local += Warps) {
+    const index_t r = row0 + local;
+    if (r >= n_rows || lane >= batch) continue;
+    float binary = 0.0f, salient = 0.0f;
+#pragma unroll
+    for (int w = 0; w < Warps; ++w) {
+      binary += red[w][local / 16][local % 16][lane];
+      salient += red_tail[w][local / 16][local % 16][lane];
+    }
+    y[lane * y_stride + r] = from_float<Out>(row_alpha[local] * (2.0f * binary - x_sum[0][lane]) +
+                                             row_salient[local] * (salient - row_half[local] * x_sum[1][lane]));
+  }
+}
+
+}  // namespace cuda::gemv::detail
+SAGEPTQ_NAMESPACE_END
