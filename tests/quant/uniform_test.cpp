@@ -158,6 +158,50 @@ TEST_CASE("range search kernel: pow_nonneg and range_error against std::pow on f
   }
 }
 
+TEST_CASE("range search with importances: weighted error, and a grid that spares the costly values") {
+  // range_error with importances is the weighted sum, for ragged lengths (the 256-value chunks).
+  for (index_t n : {index_t{5}, index_t{256}, index_t{700}}) {
+    const auto x = heavy_tailed(1, n, static_cast<std::uint64_t>(300 + n));
+    random_generator rng(static_cast<std::uint64_t>(n));
+    std::vector<float> importance(static_cast<std::size_t>(n));
+    for (auto& v : importance) v = static_cast<float>(0.1 + 10 * rng.uniform());
+    const quant::uniform_grid g = quant::fit_minmax_grid(-0.03f, 0.02f, 2, false);
+    double ref = 0;
+    for (index_t i = 0; i < n; ++i)
+      ref += importance[static_cast<std::size_t>(i)] *
+             std::pow(std::abs(static_cast<double>(g.quantize(x[static_cast<std::size_t>(i)])) - x[static_cast<std::size_t>(i)]), 2.4);
+    CAPTURE(n);
+    CHECK(quant::detail::range_error(x, g, 2.4f, std::numeric_limits<double>::infinity(), importance) ==
+          doctest::Approx(ref).epsilon(1e-5));
+  }
+  // 200 ordinary values and 4 large ones that cost 400x each (channels of large activations): the unweighted
+  // search clips the large ones; weighted, the grid keeps them and its weighted error is far lower.
+  random_generator rng(5);
+  std::vector<float> x, importance;
+  for (int i = 0; i < 200; ++i) {
+    x.push_back(static_cast<float>(0.01 * rng.normal()));
+    importance.push_back(1.0f);
+  }
+  for (float big : {0.09f, -0.08f, 0.07f, -0.1f}) {
+    x.push_back(big);
+    importance.push_back(400.0f);
+  }
+  const quant::uniform_config cfg{3, 0, false, true, {}};
+  const auto view = make_vector_view(static_cast<const float*>(x.data()), std::ssize(x));
+  const quant::uniform_grid plain = quant::fit_uniform_grid(view, cfg);
+  const quant::uniform_grid weighted = quant::fit_uniform_grid(view, cfg, importance);
+  const auto weighted_error = [&](const quant::uniform_grid& g) {
+    return quant::detail::range_error(x, g, 2.4f, std::numeric_limits<double>::infinity(), importance);
+  };
+  CHECK(weighted.scale > plain.scale);  // a wider range
+  CHECK(weighted_error(weighted) < 0.5 * weighted_error(plain));
+  // Equal importances choose the unweighted grid.
+  const std::vector<float> ones(x.size(), 2.0f);  // a power of two: every weighted sum is exactly twice
+  const quant::uniform_grid same = quant::fit_uniform_grid(view, cfg, ones);
+  CHECK(same.scale == plain.scale);
+  CHECK(same.zero == plain.zero);
+}
+
 TEST_CASE("uniform quantizer: codes, thread invariance and bad input") {
   const index_t rows = 40, cols = 100;
   auto w = heavy_tailed(rows, cols, 13);

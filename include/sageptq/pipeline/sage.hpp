@@ -13,7 +13,7 @@
 ///     weight (r, c) is alpha_r * beta_g(c) (quant::fit_factorized, weighted by diag H): structural groups that the
 ///     decoder derives from G + 1 offsets, so G costs almost no bits (format/sage.hpp).
 ///  3. Quantizer: sign(w) * alpha_r * beta_g for binarized channels; a per-row uniform grid of the candidate's width with GPTQ's
-///     MSE range search for salient channels.
+///     MSE range search for salient channels, each channel's error weighted by H_jj (sage_grid_weight).
 ///  4. Compensation: GPTQ's column-by-column update (compensate::gptq) with that quantizer as its column policy;
 ///     by default the salient channels come last, so their finer grids absorb the binarization error pushed
 ///     forward, and their grids are fitted on the compensated weights (sage_order; gutenberg-llama-20m at 1.5 bpw:
@@ -65,6 +65,18 @@ enum class sage_order {
   salient_last,
 };
 
+/// What the range search of a salient grid weighs each channel's error by. One grid per row spans every salient
+/// channel; unweighted, the search clips the few channels of large activations (whose errors cost most) to fit the
+/// many others, so adding salient channels could raise the error: on synthetic::make_layer, 3-bit salient columns
+/// at top fractions 0.05 / 0.2 / 0.5 gave relative errors 0.149 / 0.166 / 0.175 unweighted, 0.137 / 0.117 / 0.094
+/// weighted by H_jj, and sage at 2.0 bpw stopped spending at 1.44. gutenberg-llama-20m, val@40 perplexity (seed 0):
+/// 1.5 bpw 46.30 -> 44.52, 2.0 bpw 33.23 -> 32.51 (stories260k, one seed: 1.5 205.7 -> 229.4 at 1.44 -> 1.50 bpw,
+/// 2.0 156.9 -> 139.7, 2.5 106.9 -> 81.8).
+enum class sage_grid_weight {
+  none,          ///< GPTQ's search: sum_j |q_j - w_j|^2.4
+  hessian_diag,  ///< sum_j H_jj |q_j - w_j|^2.4: each channel's error as the calibrated loss would weigh it alone
+};
+
 /// Padding of the sign rows: 16-byte rows suit vector loads (the CUDA kernels need them); 4-byte rows save up to
 /// 96 bits per row, which matters only for narrow matrices. `automatic`: 4-byte rows below 512 columns.
 enum class sage_row_padding { automatic, bytes16, bytes4 };
@@ -72,6 +84,7 @@ enum class sage_row_padding { automatic, bytes16, bytes4 };
 struct sage_config {
   double target_bpw = 1.1;  ///< budget on full bits per weight; <= 0 means no budget
   std::vector<int> salient_bits_grid = {2, 3, 4};  ///< candidate bit widths of the salient channels' codes (2..8)
+  sage_grid_weight grid_weight = sage_grid_weight::hessian_diag;  ///< the salient grids' range search (see the enum)
   sage_saliency metric = sage_saliency::hessian;
   /// Candidate thresholds t (salient iff score > mu + t * sigma). The empty salient set is always a candidate.
   std::vector<double> sigma_grid = {6.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5};
@@ -85,6 +98,14 @@ struct sage_config {
   /// padding without this; val ppl at 1.5: 47.6 -> 46.3). Not with 4-byte rows (at most 31 bits of padding): there
   /// the extra candidates only displaced better ones from the screening (stories260k at 2.11: ppl 266 -> 389).
   bool snap_to_sign_rows = true;
+  /// Also try, for each width of salient_bits_grid, the most top-scored channels that fit the budget with
+  /// fill_groups groups: the fraction grid is coarse where salient channels are dear (synthetic::make_layer at 2.0:
+  /// 0.3 of the channels at 4 bits costs 2.03 bpw, so the best fit was 0.2 at 1.81 bpw, relative error 0.0665;
+  /// filled: 2.00 bpw, 0.0626). Off by default: with the H_jj-weighted grids, gutenberg-llama-20m at 2.0 bpw went
+  /// from val@40 perplexity 32.51 to 33.81 (seed 0), although stories260k gained (2.0: 139.7 -> 133.9; 2.5: 81.8 ->
+  /// 77.4): a lower calibrated error of each matrix is not a lower perplexity when a model's budget is a ledger.
+  bool fill_budget = false;
+  int fill_groups = 8;  ///< G with which fill_budget prices the filling sets
   /// Candidates that get the full quantization (>= 1). The proxy ranks poorly (gutenberg-llama-20m at 1.1 bpw, val
   /// ppl: 151 with 3, 136 with 8), while the compensation of a candidate costs little next to the calibration.
   int screened_candidates = 8;
@@ -154,8 +175,10 @@ inline format::sage_shape candidate_shape(index_t rows, index_t cols, index_t sa
 /// that reaches them, on the compensated weights (the block's own earlier columns have not updated them yet).
 class sage_columns {
  public:
-  sage_columns(sage_fit& fit, std::span<const index_t> perm, index_t rows, index_t cols, index_t salient_from)
-      : fit_(fit), perm_(perm), cols_(cols), salient_from_(salient_from),
+  /// `importance`: the range search's weight of each source column (empty: unweighted).
+  sage_columns(sage_fit& fit, std::span<const index_t> perm, index_t rows, index_t cols, index_t salient_from,
+               std::span<const float> importance)
+      : fit_(fit), perm_(perm), importance_(importance), cols_(cols), salient_from_(salient_from),
         symbol_(static_cast<std::size_t>(rows * cols), 0) {}
 
   template <executor Exec>
@@ -163,9 +186,13 @@ class sage_columns {
     if (salient_from_ >= cols_ || ctx.end <= salient_from_) return {};
     const index_t n = cols_ - salient_from_;
     const quant::uniform_config grid_cfg{.bits = fit_.salient_bits, .group_size = 0, .symmetric = false, .mse = true};
+    std::vector<float> importance;  // working order of the salient part
+    if (!importance_.empty())
+      for (index_t k = salient_from_; k < cols_; ++k)
+        importance.push_back(importance_[static_cast<std::size_t>(perm_[static_cast<std::size_t>(k)])]);
     exec.parallel_for(ctx.weights.rows(), [&](index_t r) {
       fit_.salient_grid[static_cast<std::size_t>(r)] =
-          quant::fit_uniform_grid(ctx.weights.block(r, salient_from_, 1, n).row(0), grid_cfg);
+          quant::fit_uniform_grid(ctx.weights.block(r, salient_from_, 1, n).row(0), grid_cfg, importance);
     });
     salient_from_ = cols_;
     for (const auto& grid : fit_.salient_grid)
@@ -199,6 +226,7 @@ class sage_columns {
  private:
   sage_fit& fit_;
   std::span<const index_t> perm_;
+  std::span<const float> importance_;
   index_t cols_, salient_from_;
   std::vector<std::uint8_t> symbol_;
 };
@@ -256,9 +284,10 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   for (int b : cfg.salient_bits_grid)
     if (b < 2 || b > 8) return fail(status::invalid_argument, "sage salient bits must be in [2, 8], got " + std::to_string(b));
   if (cfg.salient_bits_grid.empty()) return fail(status::invalid_argument, "sage needs a non-empty salient_bits_grid");
-  if (cfg.group_grid.empty() || cfg.screened_candidates < 1 || cfg.screen_rows < 1 || cfg.refit_candidates < 0)
+  if (cfg.group_grid.empty() || cfg.screened_candidates < 1 || cfg.screen_rows < 1 || cfg.refit_candidates < 0 ||
+      cfg.fill_groups < 1 || cfg.fill_groups > 256)
     return fail(status::invalid_argument, "sage needs a non-empty group_grid, screened_candidates >= 1, screen_rows >= 1, "
-                                          "refit_candidates >= 0");
+                                          "refit_candidates >= 0 and fill_groups in [1, 256]");
   for (int g : cfg.group_grid)
     if (g < 1 || g > 256) return fail(status::invalid_argument, "sage group counts must be in [1, 256]");
 
@@ -277,6 +306,8 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   const auto w0_view = make_matrix_view(static_cast<const float*>(w0.data()), rows, cols);
   std::vector<float> h_diag(static_cast<std::size_t>(cols));
   for (index_t c = 0; c < cols; ++c) h_diag[static_cast<std::size_t>(c)] = static_cast<float>(factor.h(c, c));
+  const std::span<const float> grid_importance =
+      cfg.grid_weight == sage_grid_weight::hessian_diag ? std::span<const float>(h_diag) : std::span<const float>{};
 
   // 1. Saliency scores per input channel and the candidate salient sets.
   auto t0 = clock::now();
@@ -305,6 +336,21 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
   };
   for (const auto& rule : rules)
     if (auto ok = add_set(rule); !ok) return ok;
+  if (cfg.fill_budget && cfg.target_bpw > 0)
+    for (int bits : cfg.salient_bits_grid) {
+      const auto fits = [&](index_t n) {
+        const int g = static_cast<int>(std::min<index_t>(cfg.fill_groups, cols - n));
+        return format::sage_bits(detail::candidate_shape(rows, cols, n, g, bits, word_rows)).full_bpw() <= cfg.target_bpw;
+      };
+      index_t lo = 0, hi = cols - 1;  // the largest n in [0, cols - 1] that fits (bits grow with n)
+      if (!fits(1)) continue;
+      while (lo < hi) {
+        const index_t mid = lo + (hi - lo + 1) / 2;
+        if (fits(mid)) lo = mid; else hi = mid - 1;
+      }
+      if (auto ok = add_set(saliency::split_rule::top(static_cast<double>(lo) / static_cast<double>(cols))); !ok)
+        return ok;
+    }
   if (cfg.snap_to_sign_rows && !word_rows) {  // 4-byte rows pad at most 31 bits: not worth more candidates
     const index_t row_bits = 128;
     const auto top = [&](index_t n) {
@@ -364,12 +410,15 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
     if (!cand.salient.empty()) {
       fit.salient_grid.resize(static_cast<std::size_t>(m_rows));
       const quant::uniform_config grid_cfg{.bits = cand.salient_bits, .group_size = 0, .symmetric = false, .mse = true};
+      std::vector<float> importance;
+      if (!grid_importance.empty())
+        for (index_t c : cand.salient) importance.push_back(grid_importance[static_cast<std::size_t>(c)]);
       exec.parallel_for(m_rows, [&](index_t r) {
         std::vector<float> v;
         v.reserve(cand.salient.size());
         for (index_t c : cand.salient) v.push_back(m(r, c));
-        fit.salient_grid[static_cast<std::size_t>(r)] =
-            quant::fit_uniform_grid(make_vector_view(static_cast<const float*>(v.data()), std::ssize(v)), grid_cfg);
+        fit.salient_grid[static_cast<std::size_t>(r)] = quant::fit_uniform_grid(
+            make_vector_view(static_cast<const float*>(v.data()), std::ssize(v)), grid_cfg, importance);
       });
       for (const auto& grid : fit.salient_grid)
         if (!is_finite(grid.scale)) return fail(status::unsupported, "a salient scale exceeds the fp16 range");
@@ -468,13 +517,14 @@ result<quantized<format::sage_matrix>> quantize_sage(const Weights& weights, con
         reordered_set = &cand.salient;
       }
       const calib::hessian_factor& order = last || cfg.act_order ? reordered : factor;
-      detail::sage_columns policy(e.fit, order.perm, rows, cols, last ? cols - std::ssize(cand.salient) : cols);
+      detail::sage_columns policy(e.fit, order.perm, rows, cols, last ? cols - std::ssize(cand.salient) : cols,
+                                  grid_importance);
       auto run = compensate::gptq(w0_view, order, policy, {.block_size = cfg.block_size}, exec);
       if (!run.ok()) return run.as_outcome();
       e.symbols = policy.symbols();
       e.error = run->loss;
     } else {
-      detail::sage_columns policy(e.fit, identity, rows, cols, cols);
+      detail::sage_columns policy(e.fit, identity, rows, cols, cols, grid_importance);
       std::vector<float> q(w0.size());
       exec.parallel_for(rows, [&](index_t r) {
         for (index_t c = 0; c < cols; ++c) {

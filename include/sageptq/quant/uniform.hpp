@@ -3,7 +3,9 @@
 /// Uniform b-bit quantizer fitted per output channel (row) or per group of columns, on quant::uniform_grid:
 /// GPTQ's min-max grid, optionally with GPTQ/SEPTQ's MSE range search (quant.py `find_params(mse=True)`): for
 /// i < int(max_shrink · grid), p = 1 − i/grid, fit the grid to [p·min, p·max], err = Σ |quantize(x) − x|^norm, keep
-/// the first grid of least error.
+/// the first grid of least error. With per-value importances (fit_uniform_grid's `importance`, e.g. H_jj of each
+/// column), err = Σ importance_j · |quantize(x_j) − x_j|^norm: one grid spans channels whose errors cost very
+/// differently, and the unweighted search clips the costly ones (sage's salient grids: pipeline/sage.hpp).
 ///
 /// Differences from GPTQ's quant.py, both deliberate:
 ///  - scales are rounded to fp16 before zero points and codes are computed (uniform_grid.hpp), so a stored scale
@@ -99,9 +101,11 @@ inline float pow_nonneg(float e, float p) noexcept {
   return sageptq::detail::bits_float(sageptq::detail::float_bits(power) & keep);
 }
 
-/// Σ |g.quantize(x_j) − x_j|^norm; once a partial sum reaches `bound` it returns that partial sum (every term is
-/// >= 0, so the grid already lost). The codes are g.code's bit for bit; the loop vectorizes.
-inline double range_error(std::span<const float> x, const uniform_grid& g, float norm, double bound) noexcept {
+/// Σ |g.quantize(x_j) − x_j|^norm, each term times importance_j when `importance` is not empty (same length as x);
+/// once a partial sum reaches `bound` it returns that partial sum (every term is >= 0, so the grid already lost).
+/// The codes are g.code's bit for bit; the loop vectorizes.
+inline double range_error(std::span<const float> x, const uniform_grid& g, float norm, double bound,
+                          std::span<const float> importance = {}) noexcept {
   constexpr std::size_t chunk = 256;
   float term[chunk];
   const float scale = g.scale, zero = g.zero;
@@ -121,6 +125,8 @@ inline double range_error(std::span<const float> x, const uniform_grid& g, float
         term[i] = pow_nonneg(std::fabs(scale * (c - zero) - v[i]), norm);
       }
     }
+    if (!importance.empty())
+      for (std::size_t i = 0; i < n; ++i) term[i] *= importance[j0 + i];
     float lanes[8] = {};  // fixed lanes: the sum vectorizes without reassociation
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -133,10 +139,13 @@ inline double range_error(std::span<const float> x, const uniform_grid& g, float
 
 }  // namespace detail
 
-/// Fit one grid to the values of `x` (a row, or a group of it). `x` must be non-empty and finite.
+/// Fit one grid to the values of `x` (a row, or a group of it). `x` must be non-empty and finite; `importance`
+/// (empty, or one finite weight >= 0 per value) weights the range search's error (cfg.mse only).
 template <class T, class S>
-uniform_grid fit_uniform_grid(const strided_view<T, 1, S>& x, const uniform_config& cfg) {
+uniform_grid fit_uniform_grid(const strided_view<T, 1, S>& x, const uniform_config& cfg,
+                              std::span<const float> importance = {}) {
   SAGEPTQ_ASSERT(x.size() > 0);
+  SAGEPTQ_ASSERT(importance.empty() || std::ssize(importance) == x.size());
   float lo = to_float(x(0)), hi = lo;
   for (index_t i = 1; i < x.size(); ++i) {
     lo = std::min(lo, to_float(x(i)));
@@ -152,7 +161,7 @@ uniform_grid fit_uniform_grid(const strided_view<T, 1, S>& x, const uniform_conf
   for (int i = 0; i < steps; ++i) {
     const auto p = static_cast<float>(1.0 - static_cast<double>(i) / cfg.search.grid);
     const uniform_grid g = fit_minmax_grid(p * lo, p * hi, cfg.bits, cfg.symmetric);
-    const double err = detail::range_error(values, g, norm, best_err);
+    const double err = detail::range_error(values, g, norm, best_err, importance);
     if (err < best_err) {  // strict: the first (widest) of equal grids wins, as in quant.py
       best_err = err;
       best = g;
