@@ -107,7 +107,12 @@ def markdown(rows):
            "chosen on. *full bpw* counts every stored bit of the quantized linear layers (signs, scales, group ids, "
            "salient positions and values); *paper bpw* counts what papers usually report. FP rows: the source dtype "
            "(bf16 = 16, f32 = 32). Rows with several calibration seeds show mean ± half the range (n = seeds). "
-           "togaN@X: toga with N input-channel blocks per linear, each with its own precision (--column-blocks N).",
+           "togaN@X: toga with N input-channel blocks per linear, each with its own precision (--column-blocks N). "
+           "Tagged rows (config-TAG) are variants of the code measured to choose a default; untagged sage rows "
+           "were measured before the H_jj-weighted salient grids of 2026-11-27 (to be re-measured). Tags: "
+           "frac5 = salient fractions only up to 0.5; gw = salient grids weighted by H_jj (the default since "
+           "2026-11-27); gwf = gw + fill_budget; nf = unweighted grids + fill_budget; last-/natural-gG-topN[-act] = "
+           "salient order, largest G, screened candidates [, act order].",
            ""]
     for model in ("gutenberg", "stories"):
         if model not in rows:
