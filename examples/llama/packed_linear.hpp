@@ -1,12 +1,12 @@
 #pragma once
 // Linear layers whose weight is packed (quantized) in any sageptq format. packed_linear holds one packed matrix;
 // column_parts_linear holds a weight stored as column parts (input-channel blocks, each packed in its own format, as
-// sageptq/io/quantized_model.hpp stores them). Each keeps its f32 decode: batches of up to cpu::max_batch rows
-// (incremental decoding) run the library's CPU GEMV kernels on the packed weights where they implement the format
-// (sage with column groups, q1_0, rtn); longer batches (whole evaluation windows) multiply the decoded weights with
-// the dense engine's matmul. The two paths agree up to the kernels' stated rounding (cpu/gemv.hpp): float rounding,
-// plus the int8 rounding of the activations on the avx512_vnni path; column parts add one float rounding per part
-// (their outputs are summed in column order).
+// sageptq/io/quantized_model.hpp stores them). Both keep the f32 decode (their base, decoded_linear): batches of up
+// to cpu::max_batch rows (incremental decoding) run the library's CPU GEMV kernels on the packed weights where they
+// implement the format (sage with column groups, q1_0, rtn); longer batches (whole evaluation windows) multiply the
+// decoded weights with the dense engine's matmul. The two paths agree up to the kernels' stated rounding
+// (cpu/gemv.hpp): float rounding, plus the int8 rounding of the activations on the avx512_vnni path; column parts
+// add one float rounding per part (their outputs are summed in column order).
 
 #include <sageptq/cpu/gemv.hpp>
 #include <sageptq/io/quantized_model.hpp>
@@ -51,34 +51,48 @@ inline bool packed_gemv_implemented(const sageptq::io::packed_matrix& w, index_t
       w);
 }
 
-class packed_linear final : public linear_layer {
+/// What the packed layers share: the f32 decode of the weight, and forward's choice between the packed GEMV (short
+/// batches, where the kernels implement the format) and the decoded matmul.
+class decoded_linear : public linear_layer {
  public:
-  explicit packed_linear(sageptq::io::packed_matrix packed)
-      : packed_(std::move(packed)), decoded_(sageptq::io::decode_packed(packed_)) {
-    std::tie(out_, in_) = sageptq::io::packed_shape(packed_);
-  }
-
-  [[nodiscard]] index_t in_features() const noexcept override { return in_; }
-  [[nodiscard]] index_t out_features() const noexcept override { return out_; }
-  [[nodiscard]] const sageptq::io::packed_matrix& packed() const noexcept { return packed_; }
+  [[nodiscard]] index_t in_features() const noexcept final { return in_; }
+  [[nodiscard]] index_t out_features() const noexcept final { return out_; }
   [[nodiscard]] matrix_view<const float> decoded() const noexcept {
     return sageptq::make_matrix_view(decoded_.data(), out_, in_);
   }
 
-  void forward(matrix_view<const float> x, matrix_view<float> y, const sageptq::thread_executor& exec) const override {
+  void forward(matrix_view<const float> x, matrix_view<float> y, const sageptq::thread_executor& exec) const final {
     if (x.rows() <= sageptq::cpu::max_batch && gemv(x, y, exec)) return;
     matmul_xwt(x, decoded(), y, exec);
   }
 
-  /// The packed path alone: false when the kernels do not implement this matrix or batch (y is then unspecified).
-  bool gemv(matrix_view<const float> x, matrix_view<float> y, const sageptq::thread_executor& exec) const {
+  /// The packed path alone: false when the kernels do not implement this weight or batch (y is then unspecified).
+  virtual bool gemv(matrix_view<const float> x, matrix_view<float> y, const sageptq::thread_executor& exec) const = 0;
+
+ protected:
+  decoded_linear(std::vector<float> decoded, index_t rows, index_t cols)
+      : decoded_(std::move(decoded)), out_(rows), in_(cols) {}
+
+ private:
+  std::vector<float> decoded_;  ///< rows x cols, row-major
+  index_t out_ = 0, in_ = 0;
+};
+
+class packed_linear final : public decoded_linear {
+ public:
+  explicit packed_linear(sageptq::io::packed_matrix packed)
+      : decoded_linear(sageptq::io::decode_packed(packed), sageptq::io::packed_shape(packed).first,
+                       sageptq::io::packed_shape(packed).second),
+        packed_(std::move(packed)) {}
+
+  [[nodiscard]] const sageptq::io::packed_matrix& packed() const noexcept { return packed_; }
+
+  bool gemv(matrix_view<const float> x, matrix_view<float> y, const sageptq::thread_executor& exec) const override {
     return packed_gemv(packed_, x, y, exec);
   }
 
  private:
   sageptq::io::packed_matrix packed_;
-  std::vector<float> decoded_;
-  index_t out_ = 0, in_ = 0;
 };
 
 /// Columns [begin, begin + its packed width) of a weight.
@@ -88,7 +102,7 @@ struct column_part {
 };
 
 /// A linear layer whose weight is column parts side by side: y = sum over parts of W_part x[:, begin, end).
-class column_parts_linear final : public linear_layer {
+class column_parts_linear final : public decoded_linear {
  public:
   /// The layer of `parts` in column order. invalid_argument unless there is at least one part, every part has the
   /// first's rows, and the parts tile the columns from 0 without gap or overlap.
@@ -111,28 +125,16 @@ class column_parts_linear final : public linear_layer {
     return column_parts_linear(std::move(parts), rows, next);
   }
 
-  [[nodiscard]] index_t in_features() const noexcept override { return in_; }
-  [[nodiscard]] index_t out_features() const noexcept override { return out_; }
   [[nodiscard]] std::span<const column_part> parts() const noexcept { return parts_; }
-  /// The decoded weight, the parts' decodes side by side.
-  [[nodiscard]] matrix_view<const float> decoded() const noexcept {
-    return sageptq::make_matrix_view(decoded_.data(), out_, in_);
-  }
 
-  void forward(matrix_view<const float> x, matrix_view<float> y, const sageptq::thread_executor& exec) const override {
-    if (x.rows() <= sageptq::cpu::max_batch && gemv(x, y, exec)) return;
-    matmul_xwt(x, decoded(), y, exec);
-  }
-
-  /// The packed path alone: every part's GEMV on its columns of x, the first part's output written to y and the
-  /// others added in column order. false when the kernels do not implement a part or this batch (y is then
-  /// unspecified).
-  bool gemv(matrix_view<const float> x, matrix_view<float> y, const sageptq::thread_executor& exec) const {
+  /// Every part's GEMV on its columns of x, the first part's output written to y and the others added in column
+  /// order. false when the kernels do not implement a part or this batch (y is then unspecified).
+  bool gemv(matrix_view<const float> x, matrix_view<float> y, const sageptq::thread_executor& exec) const override {
     if (!std::all_of(parts_.begin(), parts_.end(),
                      [&](const column_part& p) { return packed_gemv_implemented(p.packed, x.rows()); }))
       return false;
-    std::vector<float> scratch(parts_.size() > 1 ? static_cast<std::size_t>(x.rows() * out_) : 0);
-    const matrix_view<float> partial = sageptq::make_matrix_view(scratch.data(), x.rows(), out_);
+    std::vector<float> scratch(parts_.size() > 1 ? static_cast<std::size_t>(x.rows() * out_features()) : 0);
+    const matrix_view<float> partial = sageptq::make_matrix_view(scratch.data(), x.rows(), out_features());
     for (std::size_t i = 0; i < parts_.size(); ++i) {
       const column_part& p = parts_[i];
       const index_t width = sageptq::io::packed_shape(p.packed).second;
@@ -140,25 +142,28 @@ class column_parts_linear final : public linear_layer {
       if (!packed_gemv(p.packed, xp, i == 0 ? y : partial, exec)) return false;
       if (i == 0) continue;
       for (index_t r = 0; r < x.rows(); ++r)
-        for (index_t c = 0; c < out_; ++c) y(r, c) += partial(r, c);
+        for (index_t c = 0; c < out_features(); ++c) y(r, c) += partial(r, c);
     }
     return true;
   }
 
  private:
   column_parts_linear(std::vector<column_part> parts, index_t rows, index_t cols)
-      : parts_(std::move(parts)), decoded_(static_cast<std::size_t>(rows * cols)), out_(rows), in_(cols) {
-    for (const column_part& p : parts_) {
+      : decoded_linear(decode_side_by_side(parts, rows, cols), rows, cols), parts_(std::move(parts)) {}
+
+  /// The parts' decodes side by side: the decoded weight.
+  static std::vector<float> decode_side_by_side(std::span<const column_part> parts, index_t rows, index_t cols) {
+    std::vector<float> decoded(static_cast<std::size_t>(rows * cols));
+    for (const column_part& p : parts) {
       const index_t width = sageptq::io::packed_shape(p.packed).second;
       const std::vector<float> part = sageptq::io::decode_packed(p.packed);
       for (index_t r = 0; r < rows; ++r)
-        std::copy_n(part.begin() + r * width, width, decoded_.begin() + r * cols + p.begin);
+        std::copy_n(part.begin() + r * width, width, decoded.begin() + r * cols + p.begin);
     }
+    return decoded;
   }
 
   std::vector<column_part> parts_;
-  std::vector<float> decoded_;
-  index_t out_ = 0, in_ = 0;
 };
 
 /// The layer of a weight as a quantized model file stores it (quantized_model::find_parts): a packed_linear for one

@@ -203,10 +203,9 @@ class toga_session {
         sageptq::io::quantized_tensor t{name, part.packed, part.report, {}};
         if (q.size() > 1) t.columns = sageptq::io::column_range{part.begin, part.end, cols};
         out.tensors.push_back(std::move(t));
-        out.packed_bits += sageptq::io::packed_bits(part.packed);
       }
-      out.boundary_bits += toga::run_boundary_bits * (q.size() - 1);
     }
+    std::tie(out.packed_bits, out.boundary_bits) = stored_bits(*matrices);
     if (out.packed_bits.full_bits() + out.mask_bits + out.boundary_bits > toga::budget_bits(profile_, target_bpw))
       return {std::move(out), status::numerical_issue, "TOGA: exact bits exceed the budget"};
     return out;
@@ -216,12 +215,8 @@ class toga_session {
   result<std::uint64_t> exact_bits(const toga::configuration& c) {
     auto matrices = matrices_of(c);
     if (!matrices.ok()) return matrices.as_outcome();
-    std::uint64_t bits = profile_.shape.mask_bits();
-    for (const cached_linear* q : *matrices) {
-      for (const cached_part& part : *q) bits += sageptq::io::packed_bits(part.packed).full_bits();
-      bits += toga::run_boundary_bits * (q->size() - 1);
-    }
-    return bits;
+    const auto [packed, boundaries] = stored_bits(*matrices);
+    return profile_.shape.mask_bits() + packed.full_bits() + boundaries;
   }
 
   /// The refined configuration can leave bits unspent: a sage run spends at most its budget (the bound that
@@ -300,13 +295,25 @@ class toga_session {
   /// A quantized linear: its column parts in order (one part: the whole matrix).
   using cached_linear = std::vector<cached_part>;
 
-  static std::unique_ptr<linear_layer> make_linear(const cached_linear& q) {
+  static std::unique_ptr<decoded_linear> make_linear(const cached_linear& q) {
     if (q.size() == 1) return std::make_unique<packed_linear>(q.front().packed);
     std::vector<column_part> parts;
     for (const cached_part& p : q) parts.push_back({p.begin, p.packed});
     auto layer = column_parts_linear::create(std::move(parts));
     SAGEPTQ_ASSERT(layer.ok());  // the parts tile the columns by construction
     return std::make_unique<column_parts_linear>(std::move(layer).value());
+  }
+
+  /// What quantized linears store: their packed bits, and the run boundaries of those stored as column parts.
+  static std::pair<sageptq::format::bit_breakdown, std::uint64_t> stored_bits(
+      std::span<const cached_linear* const> matrices) {
+    sageptq::format::bit_breakdown packed;
+    std::uint64_t boundaries = 0;
+    for (const cached_linear* q : matrices) {
+      for (const cached_part& part : *q) packed += sageptq::io::packed_bits(part.packed);
+      boundaries += toga::run_boundary_bits * (q->size() - 1);
+    }
+    return {packed, boundaries};
   }
 
   toga_session(model& m, const sageptq::pipeline::token_windows& windows, toga_options opt, const thread_executor& exec)
@@ -701,17 +708,14 @@ class toga_session {
 
   /// Shares of a quantized linear's error tr(E H E^T) by input block: block b's columns of E (H E^T)^T, an exact
   /// split of the total (cross terms halved between the two blocks), clamped at 0; equal shares for no error.
-  [[nodiscard]] std::vector<double> block_error_shares(index_t l, linear_kind kind, const cached_linear& q) const {
+  [[nodiscard]] std::vector<double> block_error_shares(index_t l, linear_kind kind,
+                                                     matrix_view<const float> decoded) const {
     const matrix_view<const float> w = m_->layer(l).dense(kind)->weight();
     const index_t rows = w.rows(), cols = w.cols();
+    SAGEPTQ_ASSERT(decoded.rows() == rows && decoded.cols() == cols);
     Eigen::MatrixXd e(rows, cols);
-    for (const cached_part& part : q) {
-      const std::vector<float> d = sageptq::io::decode_packed(part.packed);
-      const index_t width = part.end - part.begin;
-      for (index_t r = 0; r < rows; ++r)
-        for (index_t c = 0; c < width; ++c)
-          e(r, part.begin + c) = static_cast<double>(w(r, part.begin + c)) - d[static_cast<std::size_t>(r * width + c)];
-    }
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t c = 0; c < cols; ++c) e(r, c) = static_cast<double>(w(r, c)) - decoded(r, c);
     const Eigen::MatrixXd& h = hessians_[static_cast<std::size_t>(l)][static_cast<std::size_t>(stat_index(kind))];
     const Eigen::VectorXd per_column = (e.array() * (e * h).array()).colwise().sum().transpose();
     const std::vector<index_t> bounds = toga::column_block_bounds(cols, profile_.column_blocks);
@@ -831,12 +835,13 @@ class toga_session {
             for (int b = 0; b < blocks; ++b)
               slot[static_cast<std::size_t>(b * menu + pi)] = std::numeric_limits<double>::infinity();
           } else {
+            std::unique_ptr<decoded_linear> layer = make_linear(**q);
+            const std::vector<double> shares =
+                blocks == 1 ? std::vector<double>{1.0} : block_error_shares(l, kind, layer->decoded());
             std::array<std::unique_ptr<linear_layer>, linear_kinds> replace;
-            replace[static_cast<std::size_t>(k)] = make_linear(**q);
+            replace[static_cast<std::size_t>(k)] = std::move(layer);
             auto loss = layer_loss(l, std::move(replace));
             if (!loss.ok()) return loss.as_outcome();
-            const std::vector<double> shares =
-                blocks == 1 ? std::vector<double>{1.0} : block_error_shares(l, kind, **q);
             for (int b = 0; b < blocks; ++b)
               slot[static_cast<std::size_t>(b * menu + pi)] = *loss * shares[static_cast<std::size_t>(b)];
           }
