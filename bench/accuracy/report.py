@@ -109,9 +109,10 @@ def markdown(rows):
            "(bf16 = 16, f32 = 32). Rows with several calibration seeds show mean ± half the range (n = seeds). "
            "togaN@X: toga with N input-channel blocks per linear, each with its own precision (--column-blocks N). "
            "Tagged rows (config-TAG) are variants of the code measured to choose a default; untagged sage rows "
-           "were measured before the H_jj-weighted salient grids of 2026-11-27 (to be re-measured). Tags: "
-           "frac5 = salient fractions only up to 0.5; gw = salient grids weighted by H_jj (the default since "
-           "2026-11-27); gwf = gw + fill_budget; nf = unweighted grids + fill_budget; last-/natural-gG-topN[-act] = "
+           "use the default: salient grids weighted by H_jj (since 2026-11-27; its first runs were tagged gw). "
+           "Tags: ugw = unweighted salient grids (the default before 2026-11-27); frac5 = salient fractions only "
+           "up to 0.5; gwf = weighted grids + fill_budget; nf = unweighted grids + fill_budget; "
+           "last-/natural-gG-topN[-act] = "
            "salient order, largest G, screened candidates [, act order].",
            ""]
     for model in ("gutenberg", "stories"):
