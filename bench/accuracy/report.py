@@ -108,12 +108,12 @@ def markdown(rows):
            "salient positions and values); *paper bpw* counts what papers usually report. FP rows: the source dtype "
            "(bf16 = 16, f32 = 32). Rows with several calibration seeds show mean ± half the range (n = seeds). "
            "togaN@X: toga with N input-channel blocks per linear, each with its own precision (--column-blocks N). "
-           "Tagged rows (config-TAG) are variants of the code measured to choose a default; untagged sage rows "
-           "use the default: salient grids weighted by H_jj (since 2026-11-27; its first runs were tagged gw). "
-           "Tags: ugw = unweighted salient grids (the default before 2026-11-27); frac5 = salient fractions only "
-           "up to 0.5; gwf = weighted grids + fill_budget; nf = unweighted grids + fill_budget; "
-           "last-/natural-gG-topN[-act] = "
-           "salient order, largest G, screened candidates [, act order].",
+           "Tagged rows (config-TAG) are variants of the code measured to choose a default; untagged sage and toga "
+           "rows use the default: salient grids weighted by H_jj (since 2026-11-27; its first runs were tagged gw). "
+           "Tags: ugw = unweighted salient grids (the default before 2026-11-27; toga rows: in its sage "
+           "precisions); frac5 = salient fractions only up to 0.5; gwf = weighted grids + fill_budget; nf = "
+           "unweighted grids + fill_budget; last-/natural-gG-topN[-act] = salient order, "
+           "largest G, screened candidates [, act order].",
            ""]
     for model in ("gutenberg", "stories"):
         if model not in rows:
