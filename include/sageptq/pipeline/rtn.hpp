@@ -72,6 +72,26 @@ void fill_hessian_errors(matrix_report& report, const Weights& w, const std::vec
   const double total = calib::hessian_weighted_error(w, zeros, h, exec);
   report.relative_error = total > 0 ? std::sqrt(report.hessian_error / total) : 0.0;
 }
+
+/// A calibration-free quantizer `quantize` (weight view -> result<Packed>) as the method `name`: the packed matrix,
+/// its decode and report, timed; the calibrated errors where a factor is given.
+template <class Packed, class Weights, class Exec, class Quantize>
+result<quantized<Packed>> calibration_free_method(std::string name, const Weights& weights,
+                                                  const calib::hessian_factor* factor, const Exec& exec,
+                                                  Quantize&& quantize) {
+  const auto w = sageptq::view(weights);
+  if (factor)
+    if (auto ok = check_factor(*factor, w.cols()); !ok) return ok;
+  const stopwatch clock;
+  auto packed = quantize(w);
+  if (!packed.has_value()) return packed.as_outcome();
+  const double seconds = clock.seconds();
+  auto out = make_quantized(std::move(name), w.rows(), w.cols(), std::move(packed).value());
+  out.report.times.quantize = seconds;
+  if (factor) fill_hessian_errors(out.report, w, out.dequantized, factor->h, exec);
+  return out;
+}
+
 }  // namespace detail
 
 /// `rtn`: quant::quantize_rtn as a method. @param factor optional (nullptr: no calibrated errors).
@@ -81,17 +101,8 @@ template <host_matrix_like Weights, executor Exec = inline_executor>
 result<quantized<format::rtn_matrix>> quantize_rtn_method(const Weights& weights, const quant::rtn_config& cfg,
                                                           const calib::hessian_factor* factor = nullptr,
                                                           const Exec& exec = {}) {
-  const auto w = sageptq::view(weights);
-  if (factor)
-    if (auto ok = detail::check_factor(*factor, w.cols()); !ok) return ok;
-  const detail::stopwatch clock;
-  auto packed = quant::quantize_rtn(w, cfg, exec);
-  if (!packed.has_value()) return packed.as_outcome();
-  const double seconds = clock.seconds();
-  auto out = detail::make_quantized("rtn", w.rows(), w.cols(), std::move(packed).value());
-  out.report.times.quantize = seconds;
-  if (factor) detail::fill_hessian_errors(out.report, w, out.dequantized, factor->h, exec);
-  return out;
+  return detail::calibration_free_method<format::rtn_matrix>(
+      "rtn", weights, factor, exec, [&](const auto& w) { return quant::quantize_rtn(w, cfg, exec); });
 }
 
 /// `q1_0`: quant::quantize_q1_0 as a method (see quantize_rtn_method).
@@ -99,17 +110,8 @@ template <host_matrix_like Weights, executor Exec = inline_executor>
 result<quantized<format::q1_0_matrix>> quantize_q1_0_method(const Weights& weights,
                                                             const calib::hessian_factor* factor = nullptr,
                                                             const Exec& exec = {}) {
-  const auto w = sageptq::view(weights);
-  if (factor)
-    if (auto ok = detail::check_factor(*factor, w.cols()); !ok) return ok;
-  const detail::stopwatch clock;
-  auto packed = quant::quantize_q1_0(w, exec);
-  if (!packed.has_value()) return packed.as_outcome();
-  const double seconds = clock.seconds();
-  auto out = detail::make_quantized("q1_0", w.rows(), w.cols(), std::move(packed).value());
-  out.report.times.quantize = seconds;
-  if (factor) detail::fill_hessian_errors(out.report, w, out.dequantized, factor->h, exec);
-  return out;
+  return detail::calibration_free_method<format::q1_0_matrix>(
+      "q1_0", weights, factor, exec, [&](const auto& w) { return quant::quantize_q1_0(w, exec); });
 }
 
 }  // namespace pipeline
