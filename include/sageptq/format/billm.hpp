@@ -29,6 +29,7 @@
 #include "../core/tensor_view.hpp"
 #include "binary_term.hpp"
 #include "bit_accounting.hpp"
+#include "decode.hpp"
 
 SAGEPTQ_NAMESPACE_BEGIN
 namespace format {
@@ -133,10 +134,7 @@ struct billm_matrix {
 /// Decode into a row-major float matrix (the scalar reference every kernel is tested against).
 template <class Space>
 void decode(const billm_view<Space>& packed, matrix_view<float> out) {
-  static_assert(std::is_same_v<Space, host_space>, "sageptq: decode() runs on host memory");
-  SAGEPTQ_ASSERT(out.rows() == packed.rows && out.cols() == packed.cols);
-  for (index_t r = 0; r < packed.rows; ++r)
-    for (index_t c = 0; c < packed.cols; ++c) out(r, c) = packed(r, c);
+  detail::decode_by_element<Space>(packed, out);
 }
 
 }  // namespace format

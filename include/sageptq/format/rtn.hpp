@@ -22,6 +22,7 @@
 #include "../core/numeric.hpp"
 #include "../core/tensor_view.hpp"
 #include "bit_accounting.hpp"
+#include "decode.hpp"
 
 SAGEPTQ_NAMESPACE_BEGIN
 namespace format {
@@ -102,10 +103,7 @@ struct rtn_matrix {
 
 template <class Space>
 void decode(const rtn_view<Space>& packed, matrix_view<float> out) {
-  static_assert(std::is_same_v<Space, host_space>, "sageptq: decode() runs on host memory");
-  SAGEPTQ_ASSERT(out.rows() == packed.rows && out.cols() == packed.cols);
-  for (index_t r = 0; r < packed.rows; ++r)
-    for (index_t c = 0; c < packed.cols; ++c) out(r, c) = packed(r, c);
+  detail::decode_by_element<Space>(packed, out);
 }
 
 }  // namespace format
