@@ -11,6 +11,12 @@
 //   /tmp/gemv_bench /tmp/t.md targets          # the two target shapes only
 //   /tmp/gemv_bench /tmp/p.md profile          # 3 run() of 8192 x 28672 per batch 1, 2, 4, 8, for ncu
 //   /tmp/gemv_bench /tmp/f.md fused            # the fused q/k/v and gate/up table only
+//   /tmp/gemv_bench /tmp/p.md planes           # planes path only: target shapes, batch 1-8, run() / kernel / floor
+//
+// Built with -DSAGEPTQ_BENCH_PLANES_ONLY, main() is the `planes` mode alone (a quick build: no cuBLAS, q1_0, rtn or
+// fp16 instances), for sage_gemv<__half, float, planes_bench_policy>: sm90_policy, or with -DSAGEPTQ_BENCH_STAGES_ONE=s,
+// -DSAGEPTQ_BENCH_STAGES_TWO=s and -DSAGEPTQ_BENCH_TWO_TILES_MIN_BATCH=b its ring depths and tile rule (old headers
+// ignore the knobs, so one source times old and new trees: -I<old tree>/include).
 
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -320,15 +326,40 @@ struct planes_two_tiles_bench_policy : g::sm90_policy {
   static constexpr int planes_two_tiles_min_batch = 1;
 };
 
-/// run() and the GEMV alone of sage_gemv<__half, float, Policy> at the two target shapes, batch 1 and 8 (rotated
-/// copies as above); returns the markdown rows.
+#if defined(SAGEPTQ_BENCH_STAGES_ONE) || defined(SAGEPTQ_BENCH_STAGES_TWO) || defined(SAGEPTQ_BENCH_TWO_TILES_MIN_BATCH)
+struct planes_bench_policy : g::sm90_policy {
+#ifdef SAGEPTQ_BENCH_STAGES_ONE
+  static constexpr int planes_stages_one_tile = SAGEPTQ_BENCH_STAGES_ONE;
+#endif
+#ifdef SAGEPTQ_BENCH_STAGES_TWO
+  static constexpr int planes_stages_two_tiles = SAGEPTQ_BENCH_STAGES_TWO;
+#endif
+#ifdef SAGEPTQ_BENCH_TWO_TILES_MIN_BATCH
+  static constexpr int planes_two_tiles_min_batch = SAGEPTQ_BENCH_TWO_TILES_MIN_BATCH;
+#endif
+};
+#else
+using planes_bench_policy = g::sm90_policy;
+#endif
+
+/// run() and the GEMV alone of sage_gemv<__half, float, Policy> at the two target shapes and these batches (rotated
+/// copies as above), with the streaming floor of each shape when `sink` is given; returns the markdown rows
+/// (| rows x cols | batch | label | run() | kernel | floor |).
 template <class Policy>
-std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, cudaStream_t s) {
+std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, cudaStream_t s,
+                          std::vector<index_t> batches = {1, 8}, unsigned* sink = nullptr) {
   std::string out;
   for (auto [rows, cols] : {std::pair<index_t, index_t>{4096, 14336}, {8192, 28672}}) {
     const auto m = bench_sage(rows, cols);
-    const int copies = copies_for(sp::format::serialize(m).size());
+    const std::size_t n_bytes = sp::format::serialize(m).size();
+    const int copies = copies_for(n_bytes);
     sage_copies sage(m, copies, 77u);
+    double floor_us = 0.0;
+    if (sink != nullptr)
+      floor_us = time_us(std::max(64, copies), [&](int i, cudaStream_t st) {
+        stream_read<<<prop.multiProcessorCount * 4, 512, 0, st>>>(
+            reinterpret_cast<const uint4*>(sage.buffers[i % copies]), n_bytes / 16, sink);
+      }, s);
     using op = g::sage_gemv<__half, float, Policy>;
     using impl = g::detail::binary_gemv<g::detail::sage_rows, __half, float, Policy>;
     __half* x;
@@ -339,7 +370,7 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
     fill_half<<<64, 256>>>(x, 8 * cols, 4242u);
     CUDA_OK(cudaMalloc(&ws, op::workspace_size({sage.views[0], x, cols, y, rows, 8})));
     const int launches = std::max(64, copies);
-    for (index_t batch : {1, 8}) {
+    for (index_t batch : batches) {
       const double run_us = time_us(launches, [&](int i, cudaStream_t st) {
         if (auto ok = op::run({sage.views[i % copies], x, cols, y, rows, batch}, ws, st); !ok)
           std::printf("%s\n", ok.message().c_str());
@@ -352,8 +383,13 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
         (void)impl::template launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
       }, s);
       char line[256];
-      std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %s | %.2f | %.2f |\n", static_cast<long long>(rows),
-                    static_cast<long long>(cols), static_cast<long long>(batch), label.c_str(), run_us, kernel_us);
+      if (sink != nullptr)
+        std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %s | %.2f | %.2f | %.2f |\n",
+                      static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(batch),
+                      label.c_str(), run_us, kernel_us, floor_us);
+      else
+        std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %s | %.2f | %.2f |\n", static_cast<long long>(rows),
+                      static_cast<long long>(cols), static_cast<long long>(batch), label.c_str(), run_us, kernel_us);
       std::printf("%s", line);
       std::fflush(stdout);
       out += line;
@@ -365,6 +401,33 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
 
 }  // namespace
 
+/// The `planes` mode: the default planes path (or planes_bench_policy) at the target shapes, batch 1, 2, 4, 8.
+std::string bench_planes(const cudaDeviceProp& prop, cudaStream_t s, unsigned* sink) {
+  const std::string card = std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) +
+                           " SMs, " + std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n";
+  return card + "| rows x cols | batch | variant | run() us | GEMV kernel only us | floor us |\n" +
+         "| --- | --- | --- | --- | --- | --- |\n" +
+         bench_variant<planes_bench_policy>("planes", prop, s, {1, 2, 4, 8}, sink);
+}
+
+#ifdef SAGEPTQ_BENCH_PLANES_ONLY
+int main(int argc, char** argv) {
+  cudaDeviceProp prop{};
+  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreate(&s));
+  unsigned* sink;
+  CUDA_OK(cudaMalloc(&sink, 4));
+  const std::string out = bench_planes(prop, s, sink);
+  std::printf("\n%s", out.c_str());
+  if (argc > 1)
+    if (FILE* f = std::fopen(argv[1], "w")) {
+      std::fputs(out.c_str(), f);
+      std::fclose(f);
+    }
+  return 0;
+}
+#else
 int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
@@ -391,7 +454,7 @@ int main(int argc, char** argv) {
                                                             {4096, 14336}, {28672, 8192}, {8192, 28672}};
   if (profile) shapes = {{8192, 28672}};
   if (mode == "targets") shapes = {{4096, 14336}, {8192, 28672}};  // the two shapes issue 5 sets targets for
-  if (mode == "fused") shapes = {};
+  if (mode == "fused" || mode == "planes") shapes = {};
   for (auto [rows, cols] : shapes) {
     const auto m = bench_sage(rows, cols);
     const std::size_t n_bytes = sp::format::serialize(m).size();
@@ -513,6 +576,7 @@ int main(int argc, char** argv) {
     out += bench_variant<planes8_bench_policy>("8-bit planes", prop, s);
     out += bench_variant<planes_two_tiles_bench_policy>("two row tiles at every batch", prop, s);
   }
+  if (mode == "planes") out = bench_planes(prop, s, sink);
   if (mode.empty() || mode == "fused") {
     out += "\n" + card +
            "| matrices (rows x cols) | format | batch | 3 separate run() us | fused run() us | speed-up | weight MB | "
@@ -529,3 +593,4 @@ int main(int argc, char** argv) {
     }
   return 0;
 }
+#endif

@@ -351,6 +351,14 @@ struct planes_two_tiles_policy : g::sm90_policy {
   static constexpr int planes_two_tiles_min_batch = 1;
 };
 
+/// The planes path with a shallow sign ring (3 stages at one tile, 2 at two) and two row tiles at every batch, so the
+/// steps of a warp wrap around the ring at test sizes (the default ring, 5 stages, holds 4 steps per warp).
+struct planes_shallow_ring_policy : g::sm90_policy {
+  static constexpr int planes_stages_one_tile = 3;
+  static constexpr int planes_stages_two_tiles = 2;
+  static constexpr int planes_two_tiles_min_batch = 1;
+};
+
 /// Bits of the planes path that op's policy runs at this batch, 0 for the fp16 kernels.
 template <class Act, class Out, class Policy>
 int plane_bits_of(index_t batch) {
@@ -363,6 +371,7 @@ const char* policy_name() {
   else if constexpr (std::is_same_v<Policy, g::sm90_fp16_policy>) return "(fp16) ";
   else if constexpr (std::is_same_v<Policy, planes8_policy>) return "(planes 8) ";
   else if constexpr (std::is_same_v<Policy, planes_two_tiles_policy>) return "(planes, 2 tiles) ";
+  else if constexpr (std::is_same_v<Policy, planes_shallow_ring_policy>) return "(planes, shallow ring) ";
   else return "";
 }
 
@@ -638,6 +647,13 @@ int main(int argc, char** argv) {
   check_sage<__half, float, planes8_policy>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);
   check_sage<__half, float, g::sm90_fp16_policy>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);  // bit_decode
   check_sage<__nv_bfloat16, __nv_bfloat16>(cases[1], quick);
+  // The planes kernel's sign ring wrapping around (default depth: 40 steps, 5 per warp; shallow: 3 per warp), and the
+  // fold's group table in shared memory at its limit (512 groups) and past it (600: sage_rows::folded).
+  check_sage<__half, float>(t::sage_case{40, 20000, 200, 4, 4, false, 11}, quick);
+  check_sage<__half, float, planes_shallow_ring_policy>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);
+  if (!quick) check_sage<__half, float, planes_shallow_ring_policy>(t::sage_case{3900, 9000, 90, 4, 4, false, 9}, quick);
+  check_sage<__half, float>(t::sage_case{40, 3000, 30, 512, 4, false, 10}, quick);
+  check_sage<__half, float>(t::sage_case{40, 6000, 60, 600, 4, false, 8}, quick);
   for (auto [rows, cols] : {std::pair<index_t, index_t>{37, 172}, {130, 384}, {4000, 1000}}) {
     check_q1_0<__half, float>(rows, cols, quick);
     check_q1_0<__nv_bfloat16, __nv_bfloat16>(rows, cols, quick);

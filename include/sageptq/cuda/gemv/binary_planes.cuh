@@ -24,6 +24,7 @@
 /// plane 8 h + g (batch column n = g of the mma is a plane), so D column 2c + i is plane 8 h + 2c + i.
 /// Threading: one launch of plane_fold_kernel, then one of plane_gemv_kernel, on the caller's stream.
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -86,8 +87,41 @@ __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
   __shared__ float warp_max[warps];
   __shared__ int warp_sum[warps];
   float scaled_sum = 0.0f, tail_sum = 0.0f;
+  // sage column groups: the group offsets and scales go through shared memory, loaded by a thread each together
+  // with the permutation word and x, so x' waits on one round trip to the (cold) weight metadata instead of the
+  // binary search's dependent loads and then the scale's (2026-11-27c: on the fold's critical path, behind the GEMV's
+  // sign stream). Same float operations as sage_rows::folded: the same bits.
+  __shared__ std::uint32_t group_offset[plane_block_cols];
+  __shared__ float group_scale[plane_block_cols];
   if (const index_t block = blockIdx.x; block < blocks) {  // uniform per block
-    const float v = rows.folded(row, block * plane_block_cols + threadIdx.x);
+    const index_t j = block * plane_block_cols + threadIdx.x;
+    float v;
+    if constexpr (std::is_same_v<Rows, sage_rows>) {
+      const auto& w = rows.w;
+      const int groups = static_cast<int>(w.shape.groups);
+      if (w.shape.group_mode == format::sage_group_mode::column && groups <= plane_block_cols) {  // uniform
+        if (static_cast<int>(threadIdx.x) < groups) {
+          group_offset[threadIdx.x] = w.group_offsets[threadIdx.x];
+          group_scale[threadIdx.x] = to_float(w.group_scales[threadIdx.x]);
+        }
+        const bool binarized = j < w.shape.binarized_cols();
+        const float xj = binarized ? to_float(row[w.source_column(j)]) : 0.0f;
+        __syncthreads();
+        int lo = 0, hi = groups;  // sage_view::group: the g with offsets[g] <= j < offsets[g + 1]
+        while (hi - lo > 1) {
+          const int mid = (lo + hi) / 2;
+          if (static_cast<index_t>(group_offset[mid]) <= j)
+            lo = mid;
+          else
+            hi = mid;
+        }
+        v = binarized ? group_scale[lo] * xj : 0.0f;
+      } else {
+        v = rows.folded(row, j);
+      }
+    } else {
+      v = rows.folded(row, j);
+    }
     float m = fabsf(v);
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
@@ -145,6 +179,35 @@ __device__ __forceinline__ void mma_b1_and_popc(std::uint32_t (&d)[4], const std
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
 }
 
+/// level_pair for 4-bit codes: codes k and k + 1 (k even) are one byte of the row's stream; each goes into the
+/// mantissa of the operand type's magic number m (fp16 1024, bf16 128: ulp 1), and (m + q) - (m + zero) is exact,
+/// so the result has the bits of level_pair's (q - zero, rounded once: exactly). bias = level_bias_pair(zero).
+template <class T>
+__device__ __forceinline__ std::uint32_t level_bias_pair(float zero) {
+  const std::uint32_t h = operand_bits<T>((std::is_same_v<T, __half> ? 1024.0f : 128.0f) + zero);
+  return h | (h << 16);
+}
+template <class T>
+__device__ __forceinline__ std::uint32_t level_pair4(const std::uint32_t* codes, index_t words, index_t k,
+                                                     std::uint32_t bias) {
+  const index_t w = k / 8;
+  const std::uint32_t word = w < words ? codes[w] : 0u;
+  const std::uint32_t byte = word >> (4 * (static_cast<std::uint32_t>(k) % 8));
+  const std::uint32_t pair = (byte & 0x0fu) | ((byte & 0xf0u) << 12);
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __hsub2(__halves2half2(__ushort_as_half(static_cast<std::uint16_t>(0x6400u | (pair & 0xffffu))),
+                                             __ushort_as_half(static_cast<std::uint16_t>(0x6400u | (pair >> 16)))),
+                              *reinterpret_cast<const __half2*>(&bias));
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v =
+        __hsub2(__halves2bfloat162(__ushort_as_bfloat16(static_cast<std::uint16_t>(0x4300u | (pair & 0xffffu))),
+                                   __ushort_as_bfloat16(static_cast<std::uint16_t>(0x4300u | (pair >> 16)))),
+                *reinterpret_cast<const __nv_bfloat162*>(&bias));
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  }
+}
+
 /// The GEMV's problem list (as gemv_problems in binary_mma.cuh, with the planes and block scales for x').
 template <class Rows, class Out, int N>
 struct plane_gemv_problems {
@@ -159,16 +222,27 @@ struct plane_gemv_problems {
   int count;
 };
 
+/// Bytes of plane_gemv_kernel's sign ring (dynamic shared memory): Stages steps of 16 bytes per thread, row and tile.
+template <int Warps, int Tiles, int Stages>
+inline constexpr int plane_ring_bytes = Stages * Tiles * 2 * Warps * 32 * 16;
+
 /// Batch: the largest batch this instance serves (1, 2, 4 or 8; `batch` <= Batch at run time). The block structure,
 /// the sign ring, the staging and the epilogue are binary_gemv_kernel's; the main loop is 2 b1 mmas per word pair,
 /// batch column and plane half, and a per-step (= per activation block) flush: the planes' popcounts weighted in
 /// int32, summed over the 4 lanes of a row (exact: |P| < 2^24), then d P added in fp32.
-template <class Rows, class Act, class Out, int Bits, int Batch, int Warps, int Tiles, int MinBlocks, int N>
+/// Stages: depth of the sign ring, in dynamic shared memory (plane_ring_bytes; the launch raises the 48 KB limit):
+/// Stages - 1 steps of each warp are issued before griddepcontrol.wait, so with Stages - 1 >= the steps of a warp
+/// (4096 x 14336: 4) the whole tile streams while plane_fold_kernel runs.
+template <class Rows, class Act, class Out, int Bits, int Batch, int Warps, int Tiles, int Stages, int MinBlocks, int N>
 __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
     void plane_gemv_kernel(const __grid_constant__ plane_gemv_problems<Rows, Out, N> p, int n_sums, int batch) {
   using T = typename operand<Act>::type;
   static_assert(Rows::unit_vector_scale && Rows::has_tail, "activation planes implement sage rows");
-  constexpr int block_rows = 16 * Tiles, stages = ring_stages<Tiles>, halves = Bits / 8;
+  static_assert(Stages >= 2, "the ring needs a slot to read and one to fill");
+  constexpr int block_rows = 16 * Tiles, stages = Stages, halves = Bits / 8;
+  // How far ahead the plane words are prefetched into L1: the whole ring at batch 1 (1 KB per step and warp), the
+  // previous fixed depth at larger batches (a batch column per KB: deeper would evict what the loop reads).
+  constexpr int plane_ahead = Batch == 1 ? stages - 1 : ring_stages<Tiles> - 1;
   const int m = problem_of_block(p.first_block, p.count);
   const Rows& rows = p.rows[m];
   const std::uint16_t* __restrict__ tail = p.tail[m];
@@ -189,7 +263,8 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
   // row (whole 128-byte lines), not 8 separate streams per row.
   const index_t steps = plane_blocks(row_words), my_steps = steps > warp ? (steps - warp + Warps - 1) / Warps : 0;
   auto step_of = [&](index_t i) { return warp + i * Warps; };
-  __shared__ uint4 ring[stages][Tiles][2][Warps * 32];
+  extern __shared__ uint4 plane_ring_memory[];
+  auto& ring = *reinterpret_cast<uint4(*)[stages][Tiles][2][Warps * 32]>(plane_ring_memory);
   auto issue = [&](index_t i) {
     const auto v = static_cast<std::uint32_t>(4 * step_of(i) + c);
     const bool in_row = v < static_cast<std::uint32_t>(vectors);
@@ -265,7 +340,7 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
         if (b < batch) prefetch_l1(plane_at(b, step_of(i), h));
   };
 #pragma unroll
-  for (int i = 0; i < stages - 1; ++i) prefetch_planes(i);
+  for (int i = 0; i < plane_ahead; ++i) prefetch_planes(i);
 
   // Weights of this thread's D columns 2c and 2c + 1 (planes 8 h + 2c + i); the top plane is the sign (negative).
   std::int32_t weight[halves][2];
@@ -288,7 +363,7 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
       for (int h = 0; h < 2; ++h) words[t][h] = ring[slot][t][h][threadIdx.x];
     if (i + stages - 1 < my_steps) issue(i + stages - 1);  // into the slot read one step ago
     copy_async_commit();
-    prefetch_planes(i + stages - 1);
+    prefetch_planes(i + plane_ahead);
     const index_t step = step_of(i);
     // Past the row end the signs are zero-filled (A = 0) and the planes are zero: nothing to mask.
 #pragma unroll
@@ -352,20 +427,41 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
   {
     const std::uint32_t* my_tail = tail_pairs + my_column * tail_stride / 2;
     const int bits = rows.w.shape.salient_bits;
-    for (index_t k0 = 16 * warp; k0 < tail_stride; k0 += 16 * Warps) {
-      const std::uint32_t b0 = my_batch ? my_tail[(k0 + 2 * c) / 2] : 0u,
-                          b1 = my_batch ? my_tail[(k0 + 2 * c + 8) / 2] : 0u;
+    // Rows g and g + 8 of each tile (past the end: the block's last row, never stored): codes and zero, hoisted.
+    const std::uint32_t* row_codes[Tiles][2];
+    float zero_of[Tiles][2];
 #pragma unroll
-      for (int t = 0; t < Tiles; ++t) {
-        std::uint32_t a[4];
+    for (int t = 0; t < Tiles; ++t)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int local = min(16 * t + g + 8 * (i % 2), static_cast<int>(block_end - row0) - 1);
-          a[i] = level_pair<T>(codes + static_cast<index_t>(local) * code_words, code_words, k0 + 2 * c + 8 * (i / 2),
-                               bits, row_zero[local]);
-        }
-        mma_16816<T>(tail_acc[t], a, b0, b1);
+      for (int h = 0; h < 2; ++h) {
+        const int local = min(16 * t + g + 8 * h, static_cast<int>(block_end - row0) - 1);
+        row_codes[t][h] = codes + static_cast<index_t>(local) * code_words;
+        zero_of[t][h] = row_zero[local];
       }
+    auto tail_loop = [&](auto pair_of) {
+      for (index_t k0 = 16 * warp; k0 < tail_stride; k0 += 16 * Warps) {
+        const std::uint32_t b0 = my_batch ? my_tail[(k0 + 2 * c) / 2] : 0u,
+                            b1 = my_batch ? my_tail[(k0 + 2 * c + 8) / 2] : 0u;
+#pragma unroll
+        for (int t = 0; t < Tiles; ++t) {
+          std::uint32_t a[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) a[i] = pair_of(t, i % 2, k0 + 2 * c + 8 * (i / 2));
+          mma_16816<T>(tail_acc[t], a, b0, b1);
+        }
+      }
+    };
+    if (bits == 4) {  // the default grid: a code pair is one byte (3 ALU instructions and a half2 subtraction)
+      std::uint32_t bias[Tiles][2];
+#pragma unroll
+      for (int t = 0; t < Tiles; ++t)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) bias[t][h] = level_bias_pair<T>(zero_of[t][h]);
+      tail_loop([&](int t, int h, index_t k) { return level_pair4<T>(row_codes[t][h], code_words, k, bias[t][h]); });
+    } else {
+      tail_loop([&](int t, int h, index_t k) {
+        return level_pair<T>(row_codes[t][h], code_words, k, bits, zero_of[t][h]);
+      });
     }
   }
 

@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -240,13 +241,26 @@ struct binary_gemv {
       blocks += static_cast<int>((ps[i].weights.rows() + 16 * Tiles - 1) / (16 * Tiles));
     }
     p.count = count;
+    constexpr int stages = Tiles == 1 ? Policy::planes_stages_one_tile : Policy::planes_stages_two_tiles;
+    constexpr int ring = plane_ring_bytes<Policy::warps, Tiles, stages>;
+    const auto kernel =
+        plane_gemv_kernel<Rows, Act, Out, plane_bits, Batch, Policy::warps, Tiles, stages,
+                          Batch == 1 && Tiles == 1 ? Policy::planes_min_blocks_batch1 : Policy::planes_min_blocks, N>;
+    // The ring is dynamic shared memory past the 48 KB default: raised once per device and instance (idempotent, so
+    // a race between threads only repeats it); the driver sizes the carveout for the blocks per SM.
+    static std::atomic<std::uint64_t> raised{0};
+    int device = 0;
+    if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+    const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
+    if (bit == 0 || (raised.load(std::memory_order_relaxed) & bit) == 0) {
+      if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring);
+          e != cudaSuccess)
+        return e;
+      raised.fetch_or(bit, std::memory_order_relaxed);
+    }
     launch_config launch(static_cast<unsigned>(blocks), Policy::warps * 32, stream, programmatic);
-    return cudaLaunchKernelEx(
-        &launch.config,
-        plane_gemv_kernel<Rows, Act, Out, plane_bits, Batch, Policy::warps, Tiles,
-                          Batch == 1 && Tiles == 1 ? Policy::planes_min_blocks_batch1 : Policy::planes_min_blocks, N>,
-        p,
-        fold_blocks(ps, count, true), batch);
+    launch.config.dynamicSmemBytes = ring;
+    return cudaLaunchKernelEx(&launch.config, kernel, p, fold_blocks(ps, count, true), batch);
   }
   /// The planes kernel for this batch: instances for batch 1, 2, 4 and 8 (a batch runs in the next one up), two
   /// row tiles from policy.planes_two_tiles_min_batch on where the grid still covers the SMs; fused lists run one

@@ -28,6 +28,8 @@ struct sm80_policy {
   static constexpr int planes_min_blocks = 2;
   static constexpr int planes_min_blocks_batch1 = 2;
   static constexpr int planes_two_tiles_min_batch = 4;
+  static constexpr int planes_stages_one_tile = 4;  ///< sign ring depth of the planes kernel (dynamic shared memory)
+  static constexpr int planes_stages_two_tiles = 2;
 };
 
 /// H100: 132 SMs at ~3.35 TB/s; 8 warps x up to 2 row tiles (<= 128 registers) let 2 blocks share an SM; sign
@@ -54,10 +56,16 @@ struct sm90_policy {
   static constexpr int planes_min_blocks = 2;    ///< blocks per SM the planes kernel's registers must allow
   /// ... at batch 1: 4 (<= 64 registers; 68 unbounded), so 8192 rows (512 blocks) run in one wave on 132 SMs.
   static constexpr int planes_min_blocks_batch1 = 4;
-  /// Two row tiles (32 rows share each plane load) from this batch on, where the grid still covers the SMs (8192
-  /// rows and more): 2026-11-27, 8192 x 28672 batch 1: kernel 16.1 us with two tiles vs 18.7 with one; 4096 rows keep
-  /// one tile (128 blocks would not fill 132 SMs).
+  /// Two row tiles (32 rows share each plane load) from this batch on, where the grid still gives ~0.9 blocks per SM
+  /// (binary_gemv::row_tiles: 4096 rows and more on 132 SMs): 2026-11-27, 8192 x 28672 batch 1: kernel 16.1 us with
+  /// two tiles vs 18.7 with one; 2026-11-27c, 4096 x 14336 batch 1 run(): 10.3 us with two tiles vs 10.7 with one.
   static constexpr int planes_two_tiles_min_batch = 1;
+  /// Depth of the planes kernel's sign ring (dynamic shared memory, 8 KB per stage and tile; Stages - 1 steps per
+  /// warp go out before the wait for the fold): 5 at one tile (52 KB per block, 4 blocks per SM at batch 1), 4 at two
+  /// tiles (75 KB, 2 per SM). 2026-11-27c (H100, run() at batch 1, two tiles): 2 stages (the static ring) 11.5 /
+  /// 19.4 us at 4096 x 14336 / 8192 x 28672, 4: 10.4 / 18.6, 5: 10.3 / 19.1, 6: 10.6 / 19.5 (bench/results/gemv.md).
+  static constexpr int planes_stages_one_tile = 5;
+  static constexpr int planes_stages_two_tiles = 4;
 };
 
 /// sm90_policy with fp16 activation numerics for sage (the binary_mma.cuh kernels at every batch): for callers that
