@@ -12,6 +12,7 @@
 //   /tmp/gemv_bench /tmp/p.md profile          # 3 run() of 8192 x 28672 per batch 1, 2, 4, 8, for ncu
 //   /tmp/gemv_bench /tmp/f.md fused            # the fused q/k/v and gate/up table only
 //   /tmp/gemv_bench /tmp/p.md planes           # planes path only: target shapes, batch 1-8, run() / kernel / floor
+//                                              # / run() right after a norm-like kernel that writes x
 //
 // Built with -DSAGEPTQ_BENCH_PLANES_ONLY, main() is the `planes` mode alone (a quick build: no cuBLAS, q1_0, rtn or
 // fp16 instances), for sage_gemv<__half, float, planes_bench_policy>: sm90_policy, or with -DSAGEPTQ_BENCH_STAGES_ONE=s,
@@ -72,6 +73,23 @@ __global__ void stream_read(const uint4* p, std::size_t n, unsigned* sink) {
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
   if (acc == 0x12345678u) *sink = acc;  // never true in practice; keeps the loads alive
+}
+
+/// A norm-like kernel (RMSNorm of each activation row, one block per row): the kernel a decoder runs right before
+/// a GEMV. It writes x and neither triggers nor waits for programmatic dependent launch, so it times run() after a
+/// kernel that does not know about PDL (the `planes` mode's "after norm" column).
+__global__ void norm_like(__half* x, const __half* src, index_t cols) {
+  const __half* in = src + blockIdx.x * cols;
+  float sum = 0.0f;
+  for (index_t j = threadIdx.x; j < cols; j += blockDim.x) sum += __half2float(in[j]) * __half2float(in[j]);
+  __shared__ float part[32];
+  for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = sum;
+  __syncthreads();
+  sum = 0.0f;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) sum += part[w];
+  const float r = rsqrtf(sum / static_cast<float>(cols) + 1e-6f);
+  for (index_t j = threadIdx.x; j < cols; j += blockDim.x) x[blockIdx.x * cols + j] = __float2half(__half2float(in[j]) * r);
 }
 
 /// Our scalar path on the GPU: one thread per row, every weight decoded through the format view's accessors (the
@@ -362,10 +380,12 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
       }, s);
     using op = g::sage_gemv<__half, float, Policy>;
     using impl = g::detail::binary_gemv<g::detail::sage_rows, __half, float, Policy>;
-    __half* x;
+    __half *x, *x_src;
     float* y;
     void* ws;
     CUDA_OK(cudaMalloc(&x, 8 * cols * 2));
+    CUDA_OK(cudaMalloc(&x_src, 8 * cols * 2));
+    fill_half<<<64, 256>>>(x_src, 8 * cols, 4343u);
     CUDA_OK(cudaMalloc(&y, 8 * rows * 4));
     fill_half<<<64, 256>>>(x, 8 * cols, 4242u);
     CUDA_OK(cudaMalloc(&ws, op::workspace_size({sage.views[0], x, cols, y, rows, 8})));
@@ -382,11 +402,21 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
         const auto p = typename impl::problem_type{g::detail::sage_rows{sage.views[i % copies]}, y, rows};
         (void)impl::template launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
       }, s);
+      double norm_us = 0.0, after_norm_us = 0.0;  // the norm alone, and norm + run() per launch
+      if (sink != nullptr) {
+        norm_us = time_us(launches, [&](int, cudaStream_t st) {
+          norm_like<<<static_cast<unsigned>(batch), 512, 0, st>>>(x, x_src, cols);
+        }, s);
+        after_norm_us = time_us(launches, [&](int i, cudaStream_t st) {
+          norm_like<<<static_cast<unsigned>(batch), 512, 0, st>>>(x, x_src, cols);
+          (void)op::run({sage.views[i % copies], x, cols, y, rows, batch}, ws, st);
+        }, s);
+      }
       char line[256];
       if (sink != nullptr)
-        std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %s | %.2f | %.2f | %.2f |\n",
+        std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
                       static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(batch),
-                      label.c_str(), run_us, kernel_us, floor_us);
+                      label.c_str(), run_us, kernel_us, floor_us, after_norm_us - norm_us, norm_us);
       else
         std::snprintf(line, sizeof line, "| %lld x %lld | %lld | %s | %.2f | %.2f |\n", static_cast<long long>(rows),
                       static_cast<long long>(cols), static_cast<long long>(batch), label.c_str(), run_us, kernel_us);
@@ -394,7 +424,7 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
       std::fflush(stdout);
       out += line;
     }
-    cudaFree(x); cudaFree(y); cudaFree(ws);
+    cudaFree(x); cudaFree(x_src); cudaFree(y); cudaFree(ws);
   }
   return out;
 }
@@ -405,8 +435,9 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
 std::string bench_planes(const cudaDeviceProp& prop, cudaStream_t s, unsigned* sink) {
   const std::string card = std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) +
                            " SMs, " + std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n";
-  return card + "| rows x cols | batch | variant | run() us | GEMV kernel only us | floor us |\n" +
-         "| --- | --- | --- | --- | --- | --- |\n" +
+  return card + "| rows x cols | batch | variant | run() us | GEMV kernel only us | floor us | run() after a norm us "
+                "(norm + run() - norm) | norm alone us |\n" +
+         "| --- | --- | --- | --- | --- | --- | --- | --- |\n" +
          bench_variant<planes_bench_policy>("planes", prop, s, {1, 2, 4, 8}, sink);
 }
 

@@ -110,8 +110,11 @@ def markdown(rows):
            "togaN@X: toga with N input-channel blocks per linear, each with its own precision (--column-blocks N). "
            "Tagged rows (config-TAG) are variants of the code measured to choose a default; untagged sage and toga "
            "rows use the default: salient grids weighted by H_jj (since 2026-11-27; its first runs were tagged gw). "
-           "Tags: ugw = unweighted salient grids (the default before 2026-11-27; toga rows: in its sage "
-           "precisions); frac5 = salient fractions only up to 0.5; gwf = weighted grids + fill_budget; nf = "
+           "Tags: ugw = unweighted salient grids (the default before 2026-11-27); toga*-ugw rows are the CLI of "
+           "2026-11-26 (aac807753ea6): toga's sage precisions chose no salient channels in any run, so the grid "
+           "weighting cannot change toga, and the untagged toga rows (current CLI) match them on gutenberg at 1.0, 2.0 and 1.1 seeds 0 and 2 and on "
+           "stories260k; at 1.25, 1.5 and 1.1 seed 1 ce7896b's exact bit count lets the search fill more of the "
+           "budget; frac5 = salient fractions only up to 0.5; gwf = weighted grids + fill_budget; nf = "
            "unweighted grids + fill_budget; last-/natural-gG-topN[-act] = salient order, "
            "largest G, screened candidates [, act order].",
            ""]
