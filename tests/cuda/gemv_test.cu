@@ -5,7 +5,8 @@
 // at batch <= 2, forced on small shapes by a test policy; sign_decode otherwise); salient tails of 3, 4 and 8 bits;
 // outputs poisoned (NaN) before each run, and x's row padding NaN; one flipped sign bit, scale, salient code or rtn
 // code bit / scale / zero must fail the tolerance; bad arguments return their statuses; the same input gives
-// bit-identical output. The planes path is checked twice: against the reference on the activations it quantizes
+// bit-identical output; run() calls back to back on one stream (PDL between them, a kernel writing x before some)
+// give the same bits as each call alone. The planes path is checked twice: against the reference on the activations it quantizes
 // (x^ = d q, emulated here) within an fp32 bound, and against the reference on x within the fp16 bound plus the
 // a-priori quantization bound |alpha| sum_j d_block(j) (1/2 + Q 2^-20) (binary_planes.cuh).
 //
@@ -618,6 +619,76 @@ void check_bad_arguments() {
   expect(rfused::can_implement(rf).code() == sp::status::unsupported, "fused rtn of 4 and 3 bits is unsupported");
 }
 
+/// A kernel that writes x (as a norm or the previous layer would): the kernel right before a run() on the stream.
+__global__ void copy_x(__half* dst, const __half* src, std::size_t n) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x)
+    dst[i] = src[i];
+}
+
+/// run() calls back to back on one stream with no synchronization between them (programmatic dependent launch: the
+/// planes fold may start under the previous kernel, the next fold under the GEMV, whose trigger sits at its start
+/// for grids of more than one block per SM (matrix c on 132 SMs) and after its wait otherwise), three matrices and
+/// batches 1-8 sharing one workspace, and a kernel writing x right before some calls: every output bit-identical to
+/// the same call run alone (after a stream synchronization).
+void check_stream_chain(bool quick) {
+  using op = g::sage_gemv<__half, float>;
+  const index_t cols = 8300;
+  const std::vector<sp::format::sage_matrix> ms = {
+      t::random_sage(t::sage_case{quick ? 300 : 4000, cols, 83, 4, 4, false, 21}),
+      t::random_sage(t::sage_case{quick ? 100 : 1000, cols, 83, 3, 4, false, 22}),
+      t::random_sage(t::sage_case{4400, cols, 83, 4, 4, false, 23})};
+  std::vector<std::unique_ptr<device_sage>> ds;
+  for (const auto& m : ms) ds.push_back(std::make_unique<device_sage>(m));
+  device_x<__half> x0(8, cols, 31), x1(8, cols, 32);
+  device_buffer<__half> x(x0.buffer.n);
+  struct call {
+    int m;
+    index_t batch;
+    const device_x<__half>* write_x;  // copy_x before the call (nullptr: the previous run() is the kernel before)
+  };
+  const std::vector<call> calls = {{0, 1, &x0},    {1, 1, nullptr}, {0, 8, nullptr}, {2, 1, &x1},
+                                   {0, 1, nullptr}, {2, 8, nullptr}, {1, 3, nullptr}, {0, 2, &x0},
+                                   {2, 2, nullptr}, {1, 1, nullptr}};
+  std::size_t ws_bytes = 0;
+  for (const auto& c : calls)
+    ws_bytes = std::max(ws_bytes, op::workspace_size({ds[c.m]->view, x.ptr, x0.stride, nullptr,
+                                                      ms[c.m].shape.rows, c.batch}));
+  device_buffer<char> ws(ws_bytes);
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  std::vector<device_buffer<float>> ys;
+  for (const auto& c : calls) ys.push_back(poisoned_y<float>(c.batch, ms[c.m].shape.rows));
+  auto enqueue = [&](std::size_t i, bool alone) {
+    const auto& c = calls[i];
+    if (c.write_x != nullptr) copy_x<<<64, 256, 0, s>>>(x.ptr, c.write_x->buffer.ptr, x.n);
+    const auto done = op::run({ds[c.m]->view, x.ptr, x0.stride, ys[i].ptr, ms[c.m].shape.rows, c.batch}, ws.ptr, s);
+    expect(done.ok(), "stream chain: run " + std::to_string(i));
+    if (alone) CUDA_OK(cudaStreamSynchronize(s));
+  };
+  // Alone: each call after the previous has finished (x as the chain sees it at that call).
+  std::vector<std::vector<float>> alone;
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    enqueue(i, true);
+    alone.push_back(ys[i].to_host());
+  }
+  for (int rep = 0; rep < 3; ++rep) {
+    for (auto& y : ys) CUDA_OK(cudaMemset(y.ptr, 0xff, y.n * sizeof(float)));
+    CUDA_OK(cudaDeviceSynchronize());
+    for (std::size_t i = 0; i < calls.size(); ++i) enqueue(i, false);  // adjacent kernels on the stream
+    CUDA_OK(cudaStreamSynchronize(s));
+    CUDA_OK(cudaGetLastError());
+    for (std::size_t i = 0; i < calls.size(); ++i) {
+      const auto y = ys[i].to_host();
+      bool finite = true;
+      for (float v : alone[i]) finite = finite && std::isfinite(v);
+      expect(finite && std::memcmp(y.data(), alone[i].data(), y.size() * sizeof(float)) == 0,
+             "stream chain (repeat " + std::to_string(rep) + "): call " + std::to_string(i) +
+                 " back to back is bit-identical to the call alone");
+    }
+  }
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -670,6 +741,7 @@ int main(int argc, char** argv) {
   check_rtn<float, float>(37, 172, sp::format::rtn_layout{4, 64, false}, quick);
   check_rtn<__half, __half>(130, 700, sp::format::rtn_layout{8, 128, true}, quick);
   if (!quick) check_rtn<__half, float>(4000, 4096, sp::format::rtn_layout{4, 128, false}, quick);
+  check_stream_chain(quick);
   check_fused<__half, float>(quick);
   check_fused<__nv_bfloat16, __nv_bfloat16>(quick);
   check_rtn_detection(1);

@@ -22,7 +22,9 @@
 /// sums as in binary_mma.cuh. mma operands of thread (g = lane / 4, c = lane % 4) for word pair (2q, 2q + 1) of its
 /// sign vector: A = words 2q, 2q + 1 of rows g and g + 8 (k blocks c and 4 + c of the mma), B = the same two words of
 /// plane 8 h + g (batch column n = g of the mma is a plane), so D column 2c + i is plane 8 h + 2c + i.
-/// Threading: one launch of plane_fold_kernel, then one of plane_gemv_kernel, on the caller's stream.
+/// Threading: one launch of plane_fold_kernel, then one of plane_gemv_kernel, on the caller's stream, linked by
+/// programmatic dependent launch (the fold also to the kernel before it where gemv.cuh's rule allows; each kernel
+/// writes memory only after its griddepcontrol.wait).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -64,11 +66,22 @@ struct plane_fold_problems {
   float* sums[N];
 };
 
+/// Waits for the kernel before this one on the stream (programmatic dependent launch: a no-op without it).
+__device__ __forceinline__ void grid_dependency_wait() {
+#if SAGEPTQ_CUDA_ARCH >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 /// x' of batch column blockIdx.y as activation planes: block x < plane_blocks quantizes activation block x, a
 /// thread per column (the gathers of x run in parallel), warp w building word w of each plane with one __ballot_sync
 /// per plane; blocks past those round the salient activations to the operand type, a thread each. Per block:
 /// sums[0][b][x] = d S, sums[1][b][x] = the tail sum T (binary_mma.cuh's layout, added by the GEMV in a fixed order:
 /// deterministic). Grid x is the largest of the matrices' (each matrix splits it by its own block count).
+/// Launched with programmatic dependent launch (run()): everything that reads only the packed weights (the source
+/// column, the group table and the group scale) runs before griddepcontrol.wait, so it overlaps the previous
+/// kernel on the stream; x is read and the workspace written after it (the previous kernel may write x or read the
+/// workspace, but must not write the packed weights: run()'s contract).
 template <class Rows, class Act, int Bits, int N>
 __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
     void plane_fold_kernel(const __grid_constant__ plane_fold_problems<Rows, N> p, const Act* __restrict__ x,
@@ -88,9 +101,9 @@ __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
   __shared__ int warp_sum[warps];
   float scaled_sum = 0.0f, tail_sum = 0.0f;
   // sage column groups: the group offsets and scales go through shared memory, loaded by a thread each together
-  // with the permutation word and x, so x' waits on one round trip to the (cold) weight metadata instead of the
-  // binary search's dependent loads and then the scale's (2026-11-27c: on the fold's critical path, behind the GEMV's
-  // sign stream). Same float operations as sage_rows::folded: the same bits.
+  // with the permutation word, so the group scale is known before x arrives (2026-11-27c: one round trip to the cold
+  // weight metadata instead of the binary search's dependent loads and then the scale's; 2026-11-27d: all of it
+  // before griddepcontrol.wait). Same float operations as sage_rows::folded: the same bits.
   __shared__ std::uint32_t group_offset[plane_block_cols];
   __shared__ float group_scale[plane_block_cols];
   if (const index_t block = blockIdx.x; block < blocks) {  // uniform per block
@@ -105,7 +118,7 @@ __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
           group_scale[threadIdx.x] = to_float(w.group_scales[threadIdx.x]);
         }
         const bool binarized = j < w.shape.binarized_cols();
-        const float xj = binarized ? to_float(row[w.source_column(j)]) : 0.0f;
+        const index_t source = binarized ? w.source_column(j) : 0;
         __syncthreads();
         int lo = 0, hi = groups;  // sage_view::group: the g with offsets[g] <= j < offsets[g + 1]
         while (hi - lo > 1) {
@@ -115,11 +128,15 @@ __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
           else
             hi = mid;
         }
-        v = binarized ? group_scale[lo] * xj : 0.0f;
+        const float scale = group_scale[lo];
+        grid_dependency_wait();
+        v = binarized ? scale * to_float(row[source]) : 0.0f;
       } else {
+        grid_dependency_wait();
         v = rows.folded(row, j);
       }
     } else {
+      grid_dependency_wait();
       v = rows.folded(row, j);
     }
     float m = fabsf(v);
@@ -155,8 +172,18 @@ __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
   } else {
     const auto padded = static_cast<std::uint32_t>(tail_padded(rows.tail_cols())),
                tail_cols = static_cast<std::uint32_t>(rows.tail_cols());
-    if (const auto k = static_cast<std::uint32_t>((block - blocks) * plane_block_cols + threadIdx.x); k < padded) {
-      const std::uint16_t v = operand_bits<T>(k < tail_cols ? rows.tail(row, k) : 0.0f);
+    const auto k = static_cast<std::uint32_t>((block - blocks) * plane_block_cols + threadIdx.x);
+    float xk = 0.0f;
+    if constexpr (std::is_same_v<Rows, sage_rows>) {  // sage_rows::tail with the permutation read before the wait
+      const index_t source = k < tail_cols ? rows.w.source_column(rows.w.shape.binarized_cols() + k) : 0;
+      grid_dependency_wait();
+      if (k < tail_cols) xk = to_float(row[source]);
+    } else {
+      grid_dependency_wait();
+      if (k < tail_cols) xk = rows.tail(row, k);
+    }
+    if (k < padded) {
+      const std::uint16_t v = operand_bits<T>(xk);
       p.tail[z][b * padded + k] = v;
       tail_sum = to_float(bits_as<T>(v));
     }
@@ -235,7 +262,16 @@ inline constexpr int plane_ring_bytes = Stages * Tiles * 2 * Warps * 32 * 16;
 /// (4096 x 14336: 4) the whole tile streams while plane_fold_kernel runs.
 template <class Rows, class Act, class Out, int Bits, int Batch, int Warps, int Tiles, int Stages, int MinBlocks, int N>
 __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
-    void plane_gemv_kernel(const __grid_constant__ plane_gemv_problems<Rows, Out, N> p, int n_sums, int batch) {
+    void plane_gemv_kernel(const __grid_constant__ plane_gemv_problems<Rows, Out, N> p, int n_sums, int batch,
+                           bool trigger_at_wait) {
+#if SAGEPTQ_CUDA_ARCH >= 900
+  // The next call's plane_fold_kernel (launched with PDL) may start once every block has passed this: it reads only
+  // the packed weights before its griddepcontrol.wait, which returns once this grid has completed, so it never
+  // writes the workspace or reads x under this kernel. At the start where the grid is > 1 block per SM (the fold's
+  // blocks then queue for SMs early); after the wait below where it is one wave of one block per SM (trigger_at_wait:
+  // the next GEMV's blocks fit beside these and would stream their weights into this grid's critical path).
+  if (!trigger_at_wait) asm volatile("griddepcontrol.launch_dependents;");
+#endif
   using T = typename operand<Act>::type;
   static_assert(Rows::unit_vector_scale && Rows::has_tail, "activation planes implement sage rows");
   static_assert(Stages >= 2, "the ring needs a slot to read and one to fill");
@@ -302,8 +338,9 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
       codes = staged_codes;
     }
   }
+  grid_dependency_wait();  // the planes, scales and salient activations: plane_fold_kernel
 #if SAGEPTQ_CUDA_ARCH >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");  // the planes, scales and salient activations: plane_fold_kernel
+  if (trigger_at_wait) asm volatile("griddepcontrol.launch_dependents;");
 #endif
   __shared__ float staged_sums[staged_sum_floats];
   __shared__ std::uint32_t staged_tail[staged_tail_words];
@@ -481,17 +518,20 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
   }
   __syncthreads();
 
-  for (int local = warp; local < block_rows; local += Warps) {
+  // A thread per (row, batch column) of the block (2026-11-27d: was a warp per row with `batch` lanes busy, up to 4
+  // serial rounds at batch 1); each sums the warps in the same order as before: the same bits.
+  for (int i = static_cast<int>(threadIdx.x); i < block_rows * batch; i += Warps * 32) {
+    const int local = i % block_rows, column = i / block_rows;
     const index_t r = row0 + local;
-    if (r >= n_rows || lane >= batch) continue;
+    if (r >= n_rows) continue;
     float binary = 0.0f, salient = 0.0f;
 #pragma unroll
     for (int w = 0; w < Warps; ++w) {
-      binary += red[w][local / 16][local % 16][lane];
-      salient += red_tail[w][local / 16][local % 16][lane];
+      binary += red[w][local / 16][local % 16][column];
+      salient += red_tail[w][local / 16][local % 16][column];
     }
-    y[lane * y_stride + r] = from_float<Out>(row_alpha[local] * (2.0f * binary - x_sum[0][lane]) +
-                                             row_salient[local] * (salient - row_half[local] * x_sum[1][lane]));
+    y[column * y_stride + r] = from_float<Out>(row_alpha[local] * (2.0f * binary - x_sum[0][column]) +
+                                               row_salient[local] * (salient - row_half[local] * x_sum[1][column]));
   }
 }
 

@@ -27,6 +27,11 @@
 /// sum_j |w_j x_j| + u_out |y| (rtn_fma.cuh).
 /// run() never allocates and never synchronizes; errors come back as outcome (status::device_error carries the
 /// cudaError_t name and text). Threading: host calls are reentrant; work is ordered on `stream`.
+/// Stream contract of the sage planes path (programmatic dependent launch, 2026-11-27d): its fold kernel may start
+/// while the kernel enqueued before run() on `stream` still runs, and reads the packed weights' permutation and group
+/// table before waiting for that kernel; it reads x and writes the workspace only after it has completed (and the
+/// GEMV lets the next call's fold start early on the same terms). So the kernel enqueued right before run() may
+/// write x, y or the workspace, or read anything, but must not write the packed weights of this call.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -224,7 +229,7 @@ struct binary_gemv {
   }
 
   template <int Batch, int Tiles, int N>
-  static cudaError_t launch_planes_kernel(const problem_type* ps, int count, void* workspace, int batch,
+  static cudaError_t launch_planes_kernel(const problem_type* ps, int count, void* workspace, int batch, int sms,
                                           cudaStream_t stream, bool programmatic) {
     plane_gemv_problems<Rows, Out, N> p{};
     int blocks = 0;
@@ -260,7 +265,24 @@ struct binary_gemv {
     }
     launch_config launch(static_cast<unsigned>(blocks), Policy::warps * 32, stream, programmatic);
     launch.config.dynamicSmemBytes = ring;
-    return cudaLaunchKernelEx(&launch.config, kernel, p, fold_blocks(ps, count, true), batch);
+    // Where the GEMV lets the next call's fold launch (binary_planes.cuh): after its wait where the grid is at most
+    // one block per SM, else at its start. 2026-11-27d, H100 run() batch 1 back to back: 4096 x 14336 (128 blocks)
+    // 8.65 us at the wait vs 8.79 at the start; 8192 x 28672 (256 blocks) 19.21 vs 18.54.
+    const bool trigger_at_wait = blocks <= sms;
+    return cudaLaunchKernelEx(&launch.config, kernel, p, fold_blocks(ps, count, true), batch, trigger_at_wait);
+  }
+  /// Row tiles and blocks of the planes GEMV launch (launch_planes: fused lists, N > 1, run one tile).
+  template <int N>
+  static int planes_tiles(index_t batch, index_t rows, int sms) {
+    return N == 1 && batch >= Policy::planes_two_tiles_min_batch && row_tiles(rows, sms) == 2 ? 2 : 1;
+  }
+  template <int N>
+  static index_t planes_blocks(const problem_type* ps, int count, index_t batch, int sms) {
+    index_t rows = 0, blocks = 0;
+    for (int i = 0; i < count; ++i) rows += ps[i].weights.rows();
+    const int tiles = planes_tiles<N>(batch, rows, sms);
+    for (int i = 0; i < count; ++i) blocks += (ps[i].weights.rows() + 16 * tiles - 1) / (16 * tiles);
+    return blocks;
   }
   /// The planes kernel for this batch: instances for batch 1, 2, 4 and 8 (a batch runs in the next one up), two
   /// row tiles from policy.planes_two_tiles_min_batch on where the grid still covers the SMs; fused lists run one
@@ -268,11 +290,11 @@ struct binary_gemv {
   template <int N>
   static cudaError_t launch_planes(const problem_type* ps, int count, void* workspace, int batch, index_t rows,
                                    int sms, cudaStream_t stream, bool programmatic) {
-    const bool two = N == 1 && batch >= Policy::planes_two_tiles_min_batch && row_tiles(rows, sms) == 2;
+    const bool two = planes_tiles<N>(batch, rows, sms) == 2;
     auto with_tiles = [&]<int Batch>() {
       if constexpr (N == 1 && Batch >= Policy::planes_two_tiles_min_batch)
-        if (two) return launch_planes_kernel<Batch, 2, N>(ps, count, workspace, batch, stream, programmatic);
-      return launch_planes_kernel<Batch, 1, N>(ps, count, workspace, batch, stream, programmatic);
+        if (two) return launch_planes_kernel<Batch, 2, N>(ps, count, workspace, batch, sms, stream, programmatic);
+      return launch_planes_kernel<Batch, 1, N>(ps, count, workspace, batch, sms, stream, programmatic);
     };
     if (batch <= 1) return with_tiles.template operator()<1>();
     if (batch <= 2) return with_tiles.template operator()<2>();
@@ -307,6 +329,9 @@ struct binary_gemv {
     const bool planes = use_planes(batch);
     const dim3 blocks(static_cast<unsigned>(fold_blocks(ps, count, planes)), static_cast<unsigned>(batch),
                       static_cast<unsigned>(folds(count)));
+    int device = 0, sms = 0;
+    SAGEPTQ_CUDA_TRY(cudaGetDevice(&device));
+    SAGEPTQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     if constexpr (planes_capable) {
       if (planes) {
         plane_fold_problems<Rows, N> f{};
@@ -318,7 +343,16 @@ struct binary_gemv {
           f.tail[i] = s.tail;
           f.sums[i] = s.sums;
         }
-        plane_fold_kernel<Rows, Act, plane_bits, N><<<blocks, plane_block_cols, 0, stream>>>(f, x, x_stride);
+        // Programmatic dependent launch: the fold's weight-metadata loads overlap the previous kernel on the
+        // stream; it reads x and writes the workspace only after griddepcontrol.wait (binary_planes.cuh).
+        // PDL where the GEMV is one wave of at most one block per SM (2026-11-27d, H100, run() batch 1 back to
+        // back: 4096 x 14336, 128 blocks: 9.77 us without it, 7.70 with it; 8192 x 28672, 256 blocks: 17.84 us
+        // without it, 19.49 with it: there the fold's waiting blocks hold SM space the GEMVs need).
+        const bool fold_pdl = programmatic && planes_blocks<N>(ps, count, batch, sms) <= sms;
+        launch_config launch(blocks.x, plane_block_cols, stream, fold_pdl);
+        launch.config.gridDim = blocks;
+        SAGEPTQ_CUDA_TRY(
+            cudaLaunchKernelEx(&launch.config, plane_fold_kernel<Rows, Act, plane_bits, N>, f, x, x_stride));
       }
     }
     if (!planes) {
@@ -333,9 +367,6 @@ struct binary_gemv {
       fold_kernel<Rows, Act, Policy::fold_threads, N><<<blocks, Policy::fold_threads, 0, stream>>>(f, x, x_stride);
     }
     SAGEPTQ_CUDA_TRY(cudaGetLastError());
-    int device = 0, sms = 0;
-    SAGEPTQ_CUDA_TRY(cudaGetDevice(&device));
-    SAGEPTQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     SAGEPTQ_CUDA_TRY(launch_gemv<N>(ps, count, workspace, static_cast<int>(batch), sms, stream, programmatic));
     return {};
   }
