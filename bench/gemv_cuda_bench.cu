@@ -16,7 +16,8 @@
 //
 // Built with -DSAGEPTQ_BENCH_PLANES_ONLY, main() is the `planes` mode alone (a quick build: no cuBLAS, q1_0, rtn or
 // fp16 instances), for sage_gemv<__half, float, planes_bench_policy>: sm90_policy, or with -DSAGEPTQ_BENCH_STAGES_ONE=s,
-// -DSAGEPTQ_BENCH_STAGES_TWO=s and -DSAGEPTQ_BENCH_TWO_TILES_MIN_BATCH=b its ring depths and tile rule (old headers
+// -DSAGEPTQ_BENCH_STAGES_TWO=s, -DSAGEPTQ_BENCH_TWO_TILES_MIN_BATCH=b and -DSAGEPTQ_BENCH_MIN_BLOCKS=m (planes_min_blocks)
+// its ring depths, tile rule and register bound (old headers
 // ignore the knobs, so one source times old and new trees: -I<old tree>/include).
 
 #include <cublas_v2.h>
@@ -344,8 +345,12 @@ struct planes_two_tiles_bench_policy : g::sm90_policy {
   static constexpr int planes_two_tiles_min_batch = 1;
 };
 
-#if defined(SAGEPTQ_BENCH_STAGES_ONE) || defined(SAGEPTQ_BENCH_STAGES_TWO) || defined(SAGEPTQ_BENCH_TWO_TILES_MIN_BATCH)
+#if defined(SAGEPTQ_BENCH_STAGES_ONE) || defined(SAGEPTQ_BENCH_STAGES_TWO) || \
+    defined(SAGEPTQ_BENCH_TWO_TILES_MIN_BATCH) || defined(SAGEPTQ_BENCH_MIN_BLOCKS)
 struct planes_bench_policy : g::sm90_policy {
+#ifdef SAGEPTQ_BENCH_MIN_BLOCKS
+  static constexpr int planes_min_blocks = SAGEPTQ_BENCH_MIN_BLOCKS;
+#endif
 #ifdef SAGEPTQ_BENCH_STAGES_ONE
   static constexpr int planes_stages_one_tile = SAGEPTQ_BENCH_STAGES_ONE;
 #endif
