@@ -32,7 +32,6 @@ result<format::q1_0_matrix> quantize_q1_0(const Weights& weights, const Exec& ex
   out.signs.assign(static_cast<std::size_t>(out.rows * words), 0u);
   out.scales.assign(static_cast<std::size_t>(out.rows * groups), fp16{});
 
-  std::vector<char> overflow(static_cast<std::size_t>(out.rows), 0);
   exec.parallel_for(out.rows, [&](index_t r) {
     for (index_t g = 0; g < groups; ++g) {
       const index_t c0 = g * q1_0::group_size;
@@ -43,14 +42,12 @@ result<format::q1_0_matrix> quantize_q1_0(const Weights& weights, const Exec& ex
         sum_abs += std::fabs(static_cast<double>(v));
         if (v >= 0.0f) out.signs[static_cast<std::size_t>(r * words + c / 32)] |= 1u << (c % 32);
       }
-      const fp16 d(static_cast<float>(sum_abs / static_cast<double>(c1 - c0)));
-      if (!is_finite(d.to_float())) overflow[static_cast<std::size_t>(r)] = 1;
-      out.scales[static_cast<std::size_t>(r * groups + g)] = d;
+      const double mean_abs = sum_abs / static_cast<double>(c1 - c0);
+      out.scales[static_cast<std::size_t>(r * groups + g)] = fp16(static_cast<float>(mean_abs));
     }
   });
-  for (index_t r = 0; r < out.rows; ++r)
-    if (overflow[static_cast<std::size_t>(r)])
-      return fail(status::unsupported, "a group scale of row " + std::to_string(r) + " exceeds the fp16 range");
+  const auto scale_at = [&](std::size_t i) { return out.scales[i].to_float(); };
+  if (auto ok = check_fp16_scales(out.scales.size(), groups, scale_at, "a group scale"); !ok) return ok;
   return out;
 }
 

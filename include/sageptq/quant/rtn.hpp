@@ -46,7 +46,6 @@ result<format::rtn_matrix> quantize_rtn(const Weights& weights, const rtn_config
   out.scales.assign(static_cast<std::size_t>(out.rows * groups), fp16{});
   if (!cfg.symmetric) out.zeros.assign(static_cast<std::size_t>(out.rows * groups), 0);
 
-  std::vector<char> overflow(static_cast<std::size_t>(out.rows), 0);
   exec.parallel_for(out.rows, [&](index_t r) {
     std::uint32_t* row_codes = out.codes.data() + r * words;
     for (index_t g = 0; g < groups; ++g) {
@@ -58,15 +57,13 @@ result<format::rtn_matrix> quantize_rtn(const Weights& weights, const rtn_config
         hi = std::max(hi, to_float(w(r, c)));
       }
       const uniform_grid grid = fit_minmax_grid(lo, hi, cfg.bits, cfg.symmetric);
-      if (!is_finite(grid.scale)) overflow[static_cast<std::size_t>(r)] = 1;
       out.scales[static_cast<std::size_t>(r * groups + g)] = fp16(grid.scale);
       if (!cfg.symmetric) out.zeros[static_cast<std::size_t>(r * groups + g)] = static_cast<std::uint8_t>(grid.zero);
       for (index_t c = c0; c < c1; ++c) format::write_code(row_codes, c, cfg.bits, grid.code(to_float(w(r, c))));
     }
   });
-  for (index_t r = 0; r < out.rows; ++r)
-    if (overflow[static_cast<std::size_t>(r)])
-      return fail(status::unsupported, "a group scale of row " + std::to_string(r) + " exceeds the fp16 range");
+  const auto scale_at = [&](std::size_t i) { return out.scales[i].to_float(); };
+  if (auto ok = check_fp16_scales(out.scales.size(), groups, scale_at, "a group scale"); !ok) return ok;
   return out;
 }
 

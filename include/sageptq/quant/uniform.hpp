@@ -213,12 +213,8 @@ inline uniform_matrix make_uniform_matrix(index_t rows, index_t cols, const unif
 
 /// unsupported when a fitted scale does not fit fp16 (|w| beyond ~65504 · (2^b − 1)).
 inline outcome check_grid_scales(const uniform_matrix& m) {
-  for (std::size_t i = 0; i < m.grids.size(); ++i)
-    if (!is_finite(m.grids[i].scale))
-      return fail(status::unsupported, "a uniform scale of row " +
-                                           std::to_string(static_cast<index_t>(i) / m.groups_per_row) +
-                                           " exceeds the fp16 range");
-  return {};
+  return check_fp16_scales(m.grids.size(), m.groups_per_row, [&](std::size_t i) { return m.grids[i].scale; },
+                           "a uniform scale");
 }
 
 /// Round-to-nearest with grids fitted per row or group (RTN; with cfg.mse, SEPTQ's reference quantization Q0).
