@@ -51,6 +51,13 @@ namespace {
 
 constexpr std::size_t rotation_bytes = 256u << 20;
 
+std::string card_line(const cudaDeviceProp& prop) {
+  return std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) + " SMs, " +
+         std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n";
+}
+/// The device every launch here runs on (device 0), as run() queries it.
+g::detail::device_target target_of(const cudaDeviceProp& prop) { return {0, prop.multiProcessorCount}; }
+
 __global__ void fill_random(std::uint32_t* p, std::size_t words, std::uint32_t seed) {
   for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < words; i += std::size_t{gridDim.x} * blockDim.x) {
     std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9e3779b9u ^ seed;
@@ -371,6 +378,7 @@ using planes_bench_policy = g::sm90_policy;
 template <class Policy>
 std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, cudaStream_t s,
                           std::vector<index_t> batches = {1, 8}, unsigned* sink = nullptr) {
+  const auto gpu = target_of(prop);
   std::string out;
   for (auto [rows, cols] : {std::pair<index_t, index_t>{4096, 14336}, {8192, 28672}}) {
     const auto m = bench_sage(rows, cols);
@@ -405,7 +413,7 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
       CUDA_OK(cudaStreamSynchronize(s));
       const double kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
         const auto p = typename impl::problem_type{g::detail::sage_rows{sage.views[i % copies]}, y, rows};
-        (void)impl::template launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
+        (void)impl::template launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), gpu, st);
       }, s);
       double norm_us = 0.0, after_norm_us = 0.0;  // the norm alone, and norm + run() per launch
       if (sink != nullptr) {
@@ -438,12 +446,23 @@ std::string bench_variant(const std::string& label, const cudaDeviceProp& prop, 
 
 /// The `planes` mode: the default planes path (or planes_bench_policy) at the target shapes, batch 1, 2, 4, 8.
 std::string bench_planes(const cudaDeviceProp& prop, cudaStream_t s, unsigned* sink) {
-  const std::string card = std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) +
-                           " SMs, " + std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n";
-  return card + "| rows x cols | batch | variant | run() us | GEMV kernel only us | floor us | run() after a norm us "
+  return card_line(prop) + "| rows x cols | batch | variant | run() us | GEMV kernel only us | floor us | run() after a norm us "
                 "(norm + run() - norm) | norm alone us |\n" +
          "| --- | --- | --- | --- | --- | --- | --- | --- |\n" +
          bench_variant<planes_bench_policy>("planes", prop, s, {1, 2, 4, 8}, sink);
+}
+
+/// Prints the report and writes it to argv[1] where given.
+int write_report(const std::string& out, int argc, char** argv) {
+  std::printf("\n%s", out.c_str());
+  if (argc > 1) {
+    FILE* f = std::fopen(argv[1], "w");
+    if (f == nullptr || std::fputs(out.c_str(), f) < 0 || std::fclose(f) != 0) {
+      std::fprintf(stderr, "gemv_cuda_bench: cannot write %s\n", argv[1]);
+      return 1;
+    }
+  }
+  return 0;
 }
 
 #ifdef SAGEPTQ_BENCH_PLANES_ONLY
@@ -454,14 +473,7 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaStreamCreate(&s));
   unsigned* sink;
   CUDA_OK(cudaMalloc(&sink, 4));
-  const std::string out = bench_planes(prop, s, sink);
-  std::printf("\n%s", out.c_str());
-  if (argc > 1)
-    if (FILE* f = std::fopen(argv[1], "w")) {
-      std::fputs(out.c_str(), f);
-      std::fclose(f);
-    }
-  return 0;
+  return write_report(bench_planes(prop, s, sink), argc, argv);
 }
 #else
 int main(int argc, char** argv) {
@@ -475,8 +487,8 @@ int main(int argc, char** argv) {
   unsigned* sink;
   CUDA_OK(cudaMalloc(&sink, 4));
 
-  const std::string card = std::string("Card: ") + prop.name + ", " + std::to_string(prop.multiProcessorCount) +
-                           " SMs, " + std::to_string(prop.l2CacheSize >> 20) + " MB L2\n\n";
+  const std::string card = card_line(prop);
+  const auto gpu = target_of(prop);
   std::string out = card +
                     "| rows x cols | batch | sage run() us | run() without PDL us | GEMV kernel only us | "
                     "fp16 path run() us | fp16 path kernel only us | weight GB/s | "
@@ -555,7 +567,7 @@ int main(int argc, char** argv) {
       CUDA_OK(cudaStreamSynchronize(s));
       const double kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
         const auto p = problem(i);
-        (void)impl::launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
+        (void)impl::launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), gpu, st);
       }, s);
       // The fp16 kernels (sm90_fp16_policy): run() and the GEMV alone, as above.
       const double fp16_run_us = time_us(launches, [&](int i, cudaStream_t st) {
@@ -568,7 +580,7 @@ int main(int argc, char** argv) {
       CUDA_OK(cudaStreamSynchronize(s));
       const double fp16_kernel_us = time_us(launches, [&](int i, cudaStream_t st) {
         const auto p = fp16_impl::problem_type{g::detail::sage_rows{sage.views[i % copies]}, y, rows};
-        (void)fp16_impl::launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), prop.multiProcessorCount, st);
+        (void)fp16_impl::launch_gemv<1>(&p, 1, ws, static_cast<int>(batch), gpu, st);
       }, s);
       // Few launches: the scalar path is ~2-3 orders of magnitude slower.
       const double scalar_us = time_us(4, [&](int i, cudaStream_t st) {
@@ -621,12 +633,6 @@ int main(int argc, char** argv) {
     out += bench_fused("q/k/v GQA 4096 + 1024 + 1024 x 4096", {4096, 1024, 1024}, 4096, prop, s);
     out += bench_fused("gate/up 2 x 14336 x 4096", {14336, 14336}, 4096, prop, s);
   }
-  std::printf("\n%s", out.c_str());
-  if (argc > 1)
-    if (FILE* f = std::fopen(argv[1], "w")) {
-      std::fputs(out.c_str(), f);
-      std::fclose(f);
-    }
-  return 0;
+  return write_report(out, argc, argv);
 }
 #endif

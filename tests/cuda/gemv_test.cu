@@ -719,7 +719,7 @@ int main(int argc, char** argv) {
   check_sage<__half, float, g::sm90_fp16_policy>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);  // bit_decode
   check_sage<__nv_bfloat16, __nv_bfloat16>(cases[1], quick);
   // The planes kernel's sign ring wrapping around (default depth: 40 steps, 5 per warp; shallow: 3 per warp), and the
-  // fold's group table in shared memory at its limit (512 groups) and past it (600: sage_rows::folded).
+  // fold's group table in shared memory at its limit (512 groups) and past it (600: fold_scale reads the weights' table).
   check_sage<__half, float>(t::sage_case{40, 20000, 200, 4, 4, false, 11}, quick);
   check_sage<__half, float, planes_shallow_ring_policy>(t::sage_case{40, 8300, 83, 4, 4, false, 7}, quick);
   if (!quick) check_sage<__half, float, planes_shallow_ring_policy>(t::sage_case{3900, 9000, 90, 4, 4, false, 9}, quick);

@@ -177,6 +177,20 @@ inline sage_section_info section_info(const sage_shape& s, sage_section id) noex
   return {};
 }
 
+/// The column group g with offsets[g] <= j < offsets[g + 1] of stored binarized column j, by binary search over the
+/// G + 1 rising group offsets (only offsets[1 .. G - 1] are read: a staged copy of the first G entries serves).
+SAGEPTQ_HOST_DEVICE int find_column_group(const std::uint32_t* offsets, int groups, index_t j) noexcept {
+  int lo = 0, hi = groups;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (static_cast<index_t>(offsets[mid]) <= j)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 /// Non-owning packed matrix: the argument kernels and decoders take. Trivially copyable.
 template <class Space = host_space>
 struct sage_view {
@@ -211,15 +225,7 @@ struct sage_view {
       return shape.id_bits() == 0
                  ? 0
                  : static_cast<int>(read_code(weight_groups + r * shape.id_row_words(), j, shape.id_bits()));
-    int lo = 0, hi = static_cast<int>(shape.groups);  // the group g with offsets[g] <= j < offsets[g + 1]
-    while (hi - lo > 1) {
-      const int mid = (lo + hi) / 2;
-      if (static_cast<index_t>(group_offsets[mid]) <= j)
-        lo = mid;
-      else
-        hi = mid;
-    }
-    return lo;
+    return find_column_group(group_offsets, static_cast<int>(shape.groups), j);
   }
   /// Value of stored binarized column j of row r.
   SAGEPTQ_HOST_DEVICE float binary_value(index_t r, index_t j) const noexcept {

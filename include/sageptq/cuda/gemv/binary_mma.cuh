@@ -43,16 +43,32 @@ struct sage_rows {
   __host__ __device__ index_t rows() const { return w.shape.rows; }
   __host__ __device__ index_t row_words() const { return w.shape.sign_row_words(); }
   __host__ __device__ index_t tail_cols() const { return w.shape.salient_cols; }
-  /// x' of stored binarized column j (0 in the row padding) from one activation row.
-  template <class Act>
-  __device__ float folded(const Act* x, index_t j) const {
-    if (j >= w.shape.binarized_cols()) return 0.0f;
-    return to_float(w.group_scales[w.group(0, j)]) * to_float(x[w.source_column(j)]);
+  /// The column-group table (offsets, scales as float) a fold block copied to shared memory; empty: read the weights.
+  struct staged_groups {
+    const std::uint32_t* offsets = nullptr;
+    const float* scales = nullptr;
+  };
+  /// Copies the table, a thread per group, where the block has at least as many threads (the caller syncs the
+  /// block before fold_scale reads it).
+  __device__ staged_groups stage_groups(std::uint32_t* offsets, float* scales) const {
+    const auto groups = static_cast<unsigned>(w.shape.groups);
+    if (groups > blockDim.x) return {};
+    if (threadIdx.x < groups) {
+      offsets[threadIdx.x] = w.group_offsets[threadIdx.x];
+      scales[threadIdx.x] = to_float(w.group_scales[threadIdx.x]);
+    }
+    return {offsets, scales};
   }
-  template <class Act>
-  __device__ float tail(const Act* x, index_t k) const {
-    return to_float(x[w.source_column(w.shape.binarized_cols() + k)]);
+  /// x'_j = fold_scale(j) x[fold_column(j)] for stored column j, in two parts that read only the weights, so a fold
+  /// can load them before the kernel that writes x has finished. fold_column is -1 in the row padding (x'_j = 0).
+  __device__ index_t fold_column(index_t j) const { return j < w.shape.binarized_cols() ? w.source_column(j) : -1; }
+  __device__ float fold_scale(index_t j, const staged_groups& t) const {
+    const int groups = static_cast<int>(w.shape.groups);
+    if (t.scales == nullptr) return to_float(w.group_scales[format::find_column_group(w.group_offsets, groups, j)]);
+    return t.scales[format::find_column_group(t.offsets, groups, j)];
   }
+  /// Source column of salient activation k.
+  __device__ index_t tail_column(index_t k) const { return w.source_column(w.shape.binarized_cols() + k); }
   __device__ float vector_scale(index_t, index_t) const { return 1.0f; }
   __device__ float row_scale(index_t r) const { return to_float(w.row_scales[r]); }
   __device__ float salient_scale(index_t r) const { return to_float(w.salient_scales[r]); }
@@ -72,17 +88,28 @@ struct q1_0_rows {
   __host__ __device__ index_t rows() const { return w.rows; }
   __host__ __device__ index_t row_words() const { return w.words_per_row(); }
   __host__ __device__ index_t tail_cols() const { return 0; }
-  template <class Act>
-  __device__ float folded(const Act* x, index_t j) const {
-    return j < w.cols ? to_float(x[j]) : 0.0f;
-  }
-  template <class Act>
-  __device__ float tail(const Act*, index_t) const { return 0.0f; }
+  struct staged_groups {};  ///< no groups: x' = x
+  __device__ staged_groups stage_groups(std::uint32_t*, float*) const { return {}; }
+  __device__ index_t fold_column(index_t j) const { return j < w.cols ? j : -1; }
+  __device__ float fold_scale(index_t, staged_groups) const { return 1.0f; }
+  __device__ index_t tail_column(index_t k) const { return k; }  ///< never read: tail_cols() is 0
   __device__ float vector_scale(index_t r, index_t v) const { return to_float(w.scales[r * w.groups_per_row() + v]); }
   __device__ float row_scale(index_t) const { return 1.0f; }
   __device__ float salient_scale(index_t) const { return 0.0f; }
   __device__ float salient_zero(index_t) const { return 0.0f; }
 };
+
+/// x' of stored column j (0 in the row padding) from one activation row: a Rows' fold in one step.
+template <class Rows, class Act>
+__device__ float fold_value(const Rows& rows, const Act* x, index_t j) {
+  const index_t column = rows.fold_column(j);
+  return column < 0 ? 0.0f : rows.fold_scale(j, {}) * to_float(x[column]);
+}
+/// Salient activation k (the tail) from one activation row.
+template <class Rows, class Act>
+__device__ float tail_value(const Rows& rows, const Act* x, index_t k) {
+  return to_float(x[rows.tail_column(k)]);
+}
 
 /// How sign words become mma A operands. Slot s (0..15) of a word is its bits (s, s + 16): the half2 of k pair
 /// (2c, 2c + 1) or (2c + 8, 2c + 9) of one mma, whose x' pair the fold kernel stores at the same slot.
@@ -160,12 +187,12 @@ __launch_bounds__(Threads) SAGEPTQ_KERNEL
   float pair_sum = 0.0f, tail_sum = 0.0f;
   if (i < per_batch) {
     const index_t w = 2 * (i / 32) + i % 2, s = (i / 2) % 16;
-    const std::uint16_t lo = operand_bits<T>(rows.folded(row, 32 * w + s)),
-                        hi = operand_bits<T>(rows.folded(row, 32 * w + s + 16));
+    const std::uint16_t lo = operand_bits<T>(fold_value(rows, row, 32 * w + s)),
+                        hi = operand_bits<T>(fold_value(rows, row, 32 * w + s + 16));
     pairs[b * static_cast<index_t>(per_batch) + i] = lo | (std::uint32_t{hi} << 16);
     pair_sum = to_float(bits_as<T>(lo)) + to_float(bits_as<T>(hi));
   } else if (const std::uint32_t k = i - per_batch; i < per_batch + padded) {
-    const std::uint16_t v = operand_bits<T>(k < tail_cols ? rows.tail(row, k) : 0.0f);
+    const std::uint16_t v = operand_bits<T>(k < tail_cols ? tail_value(rows, row, k) : 0.0f);
     tail[b * padded + k] = v;
     tail_sum = to_float(bits_as<T>(v));
   }

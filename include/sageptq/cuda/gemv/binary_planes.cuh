@@ -100,45 +100,19 @@ __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
   __shared__ float warp_max[warps];
   __shared__ int warp_sum[warps];
   float scaled_sum = 0.0f, tail_sum = 0.0f;
-  // sage column groups: the group offsets and scales go through shared memory, loaded by a thread each together
-  // with the permutation word, so the group scale is known before x arrives (2026-11-27c: one round trip to the cold
-  // weight metadata instead of the binary search's dependent loads and then the scale's; 2026-11-27d: all of it
-  // before griddepcontrol.wait). Same float operations as sage_rows::folded: the same bits.
   __shared__ std::uint32_t group_offset[plane_block_cols];
   __shared__ float group_scale[plane_block_cols];
   if (const index_t block = blockIdx.x; block < blocks) {  // uniform per block
     const index_t j = block * plane_block_cols + threadIdx.x;
-    float v;
-    if constexpr (std::is_same_v<Rows, sage_rows>) {
-      const auto& w = rows.w;
-      const int groups = static_cast<int>(w.shape.groups);
-      if (w.shape.group_mode == format::sage_group_mode::column && groups <= plane_block_cols) {  // uniform
-        if (static_cast<int>(threadIdx.x) < groups) {
-          group_offset[threadIdx.x] = w.group_offsets[threadIdx.x];
-          group_scale[threadIdx.x] = to_float(w.group_scales[threadIdx.x]);
-        }
-        const bool binarized = j < w.shape.binarized_cols();
-        const index_t source = binarized ? w.source_column(j) : 0;
-        __syncthreads();
-        int lo = 0, hi = groups;  // sage_view::group: the g with offsets[g] <= j < offsets[g + 1]
-        while (hi - lo > 1) {
-          const int mid = (lo + hi) / 2;
-          if (static_cast<index_t>(group_offset[mid]) <= j)
-            lo = mid;
-          else
-            hi = mid;
-        }
-        const float scale = group_scale[lo];
-        grid_dependency_wait();
-        v = binarized ? scale * to_float(row[source]) : 0.0f;
-      } else {
-        grid_dependency_wait();
-        v = rows.folded(row, j);
-      }
-    } else {
-      grid_dependency_wait();
-      v = rows.folded(row, j);
-    }
+    // The weights' part of the fold (group table staged in shared memory, source column) before griddepcontrol.wait,
+    // so it overlaps the previous kernel: one round trip to the cold weight metadata instead of the binary search's
+    // dependent loads and then the scale's (2026-11-27c), all of it before the wait (2026-11-27d).
+    const auto groups = rows.stage_groups(group_offset, group_scale);
+    const index_t column = rows.fold_column(j);
+    __syncthreads();
+    const float scale = rows.fold_scale(j, groups);
+    grid_dependency_wait();
+    const float v = column < 0 ? 0.0f : scale * to_float(row[column]);  // fold_value's operations: the same bits
     float m = fabsf(v);
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
@@ -173,15 +147,9 @@ __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
     const auto padded = static_cast<std::uint32_t>(tail_padded(rows.tail_cols())),
                tail_cols = static_cast<std::uint32_t>(rows.tail_cols());
     const auto k = static_cast<std::uint32_t>((block - blocks) * plane_block_cols + threadIdx.x);
-    float xk = 0.0f;
-    if constexpr (std::is_same_v<Rows, sage_rows>) {  // sage_rows::tail with the permutation read before the wait
-      const index_t source = k < tail_cols ? rows.w.source_column(rows.w.shape.binarized_cols() + k) : 0;
-      grid_dependency_wait();
-      if (k < tail_cols) xk = to_float(row[source]);
-    } else {
-      grid_dependency_wait();
-      if (k < tail_cols) xk = rows.tail(row, k);
-    }
+    const index_t column = k < tail_cols ? rows.tail_column(k) : -1;  // the permutation read before the wait
+    grid_dependency_wait();
+    const float xk = column < 0 ? 0.0f : to_float(row[column]);
     if (k < padded) {
       const std::uint16_t v = operand_bits<T>(xk);
       p.tail[z][b * padded + k] = v;

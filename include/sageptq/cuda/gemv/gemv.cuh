@@ -106,6 +106,19 @@ struct launch_config {
   }
 };
 
+/// The device a call runs on, queried once per run() (its SM count chooses tiles and launch modes).
+struct device_target {
+  int device = 0;
+  int sms = 0;
+  static cudaError_t current(device_target& d) {
+    if (const cudaError_t e = cudaGetDevice(&d.device); e != cudaSuccess) return e;
+    return cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, d.device);
+  }
+};
+
+/// Blocks of 16 * tiles rows that cover `rows` rows (every GEMV launch's grid, summed over its matrices).
+inline int tile_blocks(index_t rows, int tiles) { return static_cast<int>((rows + 16 * tiles - 1) / (16 * tiles)); }
+
 /// The launch logic of every binary format (Rows is sage_rows or q1_0_rows), for a list of 1..N matrices of equal
 /// width: one fold launch (one x' per matrix, or a single one where Rows::shared_fold), then one GEMV launch whose
 /// blocks cover every matrix's rows.
@@ -190,7 +203,7 @@ struct binary_gemv {
   static constexpr int min_blocks = Rows::unit_vector_scale || Policy::min_blocks < 2 ? Policy::min_blocks : 2;
   static int row_tiles(index_t n_rows, int sms) {
     int tiles = max_tiles;
-    while (tiles > 1 && (n_rows + 16 * tiles - 1) / (16 * tiles) * 10 < 9 * static_cast<index_t>(sms)) tiles /= 2;
+    while (tiles > 1 && tile_blocks(n_rows, tiles) * 10 < 9 * sms) tiles /= 2;
     return tiles;
   }
   /// bit_decode (no IMAD.SHL in the decode; one tile: its 10 accumulators per tile leave no registers for two) where
@@ -219,7 +232,7 @@ struct binary_gemv {
       p.y[i] = ps[i].y;
       p.y_stride[i] = ps[i].y_stride;
       p.first_block[i] = blocks;
-      blocks += static_cast<int>((ps[i].weights.rows() + 16 * Tiles - 1) / (16 * Tiles));
+      blocks += tile_blocks(ps[i].weights.rows(), Tiles);
     }
     p.count = count;
     launch_config launch(static_cast<unsigned>(blocks), Policy::warps * 32, stream, programmatic);
@@ -229,8 +242,8 @@ struct binary_gemv {
   }
 
   template <int Batch, int Tiles, int N>
-  static cudaError_t launch_planes_kernel(const problem_type* ps, int count, void* workspace, int batch, int sms,
-                                          cudaStream_t stream, bool programmatic) {
+  static cudaError_t launch_planes_kernel(const problem_type* ps, int count, void* workspace, int batch,
+                                          const device_target& gpu, cudaStream_t stream, bool programmatic) {
     plane_gemv_problems<Rows, Out, N> p{};
     int blocks = 0;
     for (int i = 0; i < count; ++i) {
@@ -243,7 +256,7 @@ struct binary_gemv {
       p.y[i] = ps[i].y;
       p.y_stride[i] = ps[i].y_stride;
       p.first_block[i] = blocks;
-      blocks += static_cast<int>((ps[i].weights.rows() + 16 * Tiles - 1) / (16 * Tiles));
+      blocks += tile_blocks(ps[i].weights.rows(), Tiles);
     }
     p.count = count;
     constexpr int stages = Tiles == 1 ? Policy::planes_stages_one_tile : Policy::planes_stages_two_tiles;
@@ -254,9 +267,7 @@ struct binary_gemv {
     // The ring is dynamic shared memory past the 48 KB default: raised once per device and instance (idempotent, so
     // a race between threads only repeats it); the driver sizes the carveout for the blocks per SM.
     static std::atomic<std::uint64_t> raised{0};
-    int device = 0;
-    if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
-    const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
+    const std::uint64_t bit = gpu.device < 64 ? std::uint64_t{1} << gpu.device : 0;
     if (bit == 0 || (raised.load(std::memory_order_relaxed) & bit) == 0) {
       if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring);
           e != cudaSuccess)
@@ -268,7 +279,7 @@ struct binary_gemv {
     // Where the GEMV lets the next call's fold launch (binary_planes.cuh): after its wait where the grid is at most
     // one block per SM, else at its start. 2026-11-27d, H100 run() batch 1 back to back: 4096 x 14336 (128 blocks)
     // 8.65 us at the wait vs 8.79 at the start; 8192 x 28672 (256 blocks) 19.21 vs 18.54.
-    const bool trigger_at_wait = blocks <= sms;
+    const bool trigger_at_wait = blocks <= gpu.sms;
     return cudaLaunchKernelEx(&launch.config, kernel, p, fold_blocks(ps, count, true), batch, trigger_at_wait);
   }
   /// Row tiles and blocks of the planes GEMV launch (launch_planes: fused lists, N > 1, run one tile).
@@ -277,11 +288,12 @@ struct binary_gemv {
     return N == 1 && batch >= Policy::planes_two_tiles_min_batch && row_tiles(rows, sms) == 2 ? 2 : 1;
   }
   template <int N>
-  static index_t planes_blocks(const problem_type* ps, int count, index_t batch, int sms) {
-    index_t rows = 0, blocks = 0;
+  static int planes_blocks(const problem_type* ps, int count, index_t batch, int sms) {
+    index_t rows = 0;
     for (int i = 0; i < count; ++i) rows += ps[i].weights.rows();
     const int tiles = planes_tiles<N>(batch, rows, sms);
-    for (int i = 0; i < count; ++i) blocks += (ps[i].weights.rows() + 16 * tiles - 1) / (16 * tiles);
+    int blocks = 0;
+    for (int i = 0; i < count; ++i) blocks += tile_blocks(ps[i].weights.rows(), tiles);
     return blocks;
   }
   /// The planes kernel for this batch: instances for batch 1, 2, 4 and 8 (a batch runs in the next one up), two
@@ -289,12 +301,12 @@ struct binary_gemv {
   /// tile (their problem list costs registers: two tiles spilled at batch 4).
   template <int N>
   static cudaError_t launch_planes(const problem_type* ps, int count, void* workspace, int batch, index_t rows,
-                                   int sms, cudaStream_t stream, bool programmatic) {
-    const bool two = planes_tiles<N>(batch, rows, sms) == 2;
+                                   const device_target& gpu, cudaStream_t stream, bool programmatic) {
+    const bool two = planes_tiles<N>(batch, rows, gpu.sms) == 2;
     auto with_tiles = [&]<int Batch>() {
       if constexpr (N == 1 && Batch >= Policy::planes_two_tiles_min_batch)
-        if (two) return launch_planes_kernel<Batch, 2, N>(ps, count, workspace, batch, sms, stream, programmatic);
-      return launch_planes_kernel<Batch, 1, N>(ps, count, workspace, batch, sms, stream, programmatic);
+        if (two) return launch_planes_kernel<Batch, 2, N>(ps, count, workspace, batch, gpu, stream, programmatic);
+      return launch_planes_kernel<Batch, 1, N>(ps, count, workspace, batch, gpu, stream, programmatic);
     };
     if (batch <= 1) return with_tiles.template operator()<1>();
     if (batch <= 2) return with_tiles.template operator()<2>();
@@ -304,8 +316,8 @@ struct binary_gemv {
 
   /// The GEMV launch alone, on x' already folded into `workspace` (run() = fold_kernel + this).
   template <int N>
-  static cudaError_t launch_gemv(const problem_type* ps, int count, void* workspace, int batch, int sms,
-                                 cudaStream_t stream, bool programmatic = true) {
+  static cudaError_t launch_gemv(const problem_type* ps, int count, void* workspace, int batch,
+                                 const device_target& gpu, cudaStream_t stream, bool programmatic = true) {
     index_t rows = 0;
     bool bit = true;
     for (int i = 0; i < count; ++i) {
@@ -313,10 +325,10 @@ struct binary_gemv {
       bit = bit && use_bit_decode(ps[i].weights, batch);
     }
     if constexpr (planes_capable)
-      if (use_planes(batch)) return launch_planes<N>(ps, count, workspace, batch, rows, sms, stream, programmatic);
+      if (use_planes(batch)) return launch_planes<N>(ps, count, workspace, batch, rows, gpu, stream, programmatic);
     if constexpr (bit_capable && Policy::bit_decode_max_batch > 0)
       if (bit) return launch_kernel<bit_decode, 1, N>(ps, count, workspace, batch, stream, programmatic);
-    if (row_tiles(rows, sms) == 2)
+    if (row_tiles(rows, gpu.sms) == 2)
       return launch_kernel<sign_decode, max_tiles, N>(ps, count, workspace, batch, stream, programmatic);
     return launch_kernel<sign_decode, 1, N>(ps, count, workspace, batch, stream, programmatic);
   }
@@ -329,9 +341,8 @@ struct binary_gemv {
     const bool planes = use_planes(batch);
     const dim3 blocks(static_cast<unsigned>(fold_blocks(ps, count, planes)), static_cast<unsigned>(batch),
                       static_cast<unsigned>(folds(count)));
-    int device = 0, sms = 0;
-    SAGEPTQ_CUDA_TRY(cudaGetDevice(&device));
-    SAGEPTQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    device_target gpu;
+    SAGEPTQ_CUDA_TRY(device_target::current(gpu));
     if constexpr (planes_capable) {
       if (planes) {
         plane_fold_problems<Rows, N> f{};
@@ -348,7 +359,7 @@ struct binary_gemv {
         // PDL where the GEMV is one wave of at most one block per SM (2026-11-27d, H100, run() batch 1 back to
         // back: 4096 x 14336, 128 blocks: 9.77 us without it, 7.70 with it; 8192 x 28672, 256 blocks: 17.84 us
         // without it, 19.49 with it: there the fold's waiting blocks hold SM space the GEMVs need).
-        const bool fold_pdl = programmatic && planes_blocks<N>(ps, count, batch, sms) <= sms;
+        const bool fold_pdl = programmatic && planes_blocks<N>(ps, count, batch, gpu.sms) <= gpu.sms;
         launch_config launch(blocks.x, plane_block_cols, stream, fold_pdl);
         launch.config.gridDim = blocks;
         SAGEPTQ_CUDA_TRY(
@@ -367,7 +378,7 @@ struct binary_gemv {
       fold_kernel<Rows, Act, Policy::fold_threads, N><<<blocks, Policy::fold_threads, 0, stream>>>(f, x, x_stride);
     }
     SAGEPTQ_CUDA_TRY(cudaGetLastError());
-    SAGEPTQ_CUDA_TRY(launch_gemv<N>(ps, count, workspace, static_cast<int>(batch), sms, stream, programmatic));
+    SAGEPTQ_CUDA_TRY(launch_gemv<N>(ps, count, workspace, static_cast<int>(batch), gpu, stream, programmatic));
     return {};
   }
 };
