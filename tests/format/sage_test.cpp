@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -556,4 +557,25 @@ TEST_CASE("sage: full bpw of a LLaMA-shaped layer, by hand") {
   CHECK(b.padding_bits == 4096ull * (41 + 28) + 8 * (12 + 8));  // row tails; gaps before signs and codes
   CHECK(b.full_bpw() == doctest::Approx(1.05962).epsilon(1e-5));
   CHECK(b.paper_bpw() == doctest::Approx(1.03003).epsilon(1e-5));
+}
+
+TEST_CASE("sage: find_column_group agrees with a linear scan, empty groups included") {
+  // The one search over the group offsets (sage_view::group and the CUDA fold both call it); a staged copy holds
+  // only the first G offsets, so the search must never read offsets[G].
+  sp::random_generator rng(20261127);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int groups = 1 + static_cast<int>(rng.below(trial < 100 ? 8 : 600));
+    const auto cols = static_cast<std::uint32_t>(groups + rng.below(4000));
+    std::vector<std::uint32_t> offsets(static_cast<std::size_t>(groups) + 1, 0u);
+    for (int g = 1; g < groups; ++g)  // rising, with repeats (empty groups) and a possibly empty first/last group
+      offsets[static_cast<std::size_t>(g)] = static_cast<std::uint32_t>(rng.below(cols + 1));
+    std::sort(offsets.begin() + 1, offsets.end() - 1);
+    offsets.back() = 0u;  // poison: read, it would put every j in group G
+    for (std::uint32_t j = 0; j < cols; j += 1 + static_cast<std::uint32_t>(rng.below(7))) {
+      int expected = 0;  // the last group whose range starts at or before j
+      for (int g = 0; g < groups; ++g)
+        if (offsets[static_cast<std::size_t>(g)] <= j) expected = g;
+      REQUIRE(sp::format::find_column_group(offsets.data(), groups, j) == expected);
+    }
+  }
 }
