@@ -165,6 +165,16 @@ __launch_bounds__(plane_block_cols) SAGEPTQ_KERNEL
   }
 }
 
+/// A 32-bit shared-memory load that ptxas keeps as one (volatile: not merged into a 16-byte load, which would bring
+/// back the register moves the caller avoids), in order with the cp.async asm around it.
+__device__ __forceinline__ std::uint32_t load_shared_32(const std::uint32_t* p) {
+  std::uint32_t v;
+  asm volatile("ld.volatile.shared.b32 %0, [%1];"
+               : "=r"(v)
+               : "r"(static_cast<std::uint32_t>(__cvta_generic_to_shared(p))));
+  return v;
+}
+
 /// d = a b + c on binary tensor cores: popcounts of (row of A) & (column of B) over 256 k, added to c.
 __device__ __forceinline__ void mma_b1_and_popc(std::uint32_t (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
                                                 std::uint32_t b1, const std::uint32_t (&c)[4]) {
@@ -245,9 +255,10 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
   static_assert(Rows::unit_vector_scale && Rows::has_tail, "activation planes implement sage rows");
   static_assert(Stages >= 2, "the ring needs a slot to read and one to fill");
   constexpr int block_rows = 16 * Tiles, stages = Stages, halves = Bits / 8;
-  // How far ahead the plane words are prefetched into L1: the whole ring at batch 1 (1 KB per step and warp), the
-  // previous fixed depth at larger batches (a batch column per KB: deeper would evict what the loop reads).
-  constexpr int plane_ahead = Batch == 1 ? stages - 1 : ring_stages<Tiles> - 1;
+  // How far ahead the plane words are prefetched into L1: the whole ring at batch 1 (1 KB per step and warp); none at
+  // larger batches since 2026-11-27f (the loads are software-pipelined there; the prefetch was one step ahead and
+  // cost 16 CCTL with their address math per step at batch 8, and H200 run() was 14-16% slower with it at batch 4-8).
+  constexpr int plane_ahead = Batch == 1 ? stages - 1 : 0;
   const int m = problem_of_block(p.first_block, p.count);
   const Rows& rows = p.rows[m];
   const std::uint16_t* __restrict__ tail = p.tail[m];
@@ -327,7 +338,7 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
   copy_async_commit();
 
   // Plane words of (batch column b, half h) for this thread at a step: one 16-byte piece of the 512 bytes a warp
-  // reads (coalesced); prefetched into L1 as far ahead as the sign ring.
+  // reads (coalesced); at batch 1 prefetched into L1 as far ahead as the sign ring.
   // 32-bit offsets (the workspace is far below 16 GB): fewer 64-bit multiplies per batch column.
   const auto column_vectors = static_cast<std::uint32_t>(plane_words(row_words, Bits) / 4);
   const uint4* my_planes = reinterpret_cast<const uint4*>(p.planes[m]) + (g * plane_block_words + 4 * c) / 4;
@@ -367,71 +378,181 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
   float acc_one[scatter ? 1 : Tiles][2] = {};
   const int mine_tile = Tiles == 2 ? (c & 1) : 0, mine_row = Tiles == 2 ? (c >> 1) : (c & 1);
   constexpr std::uint32_t zero[4] = {0, 0, 0, 0};
-  for (index_t i = 0; i < my_steps; ++i) {
-    copy_async_wait<stages - 2>();  // this step's group has landed
-    uint4 words[Tiles][2];
-    const int slot = static_cast<int>(static_cast<std::uint32_t>(i) % stages);
+  // P of this lane's (tile, row) from its partials (Batch > 1): exact (integer sums in any order, |P| < 2^24); 3
+  // shuffles per batch column and step at two tiles (were 8), 2 at one (were 4).
+  auto scatter_total = [&](const std::int32_t(&partial)[Tiles][2]) {
+    const bool odd = (c & 1) != 0;
+    if constexpr (Tiles == 2) {
+      const bool high = (c & 2) != 0;
+      const std::int32_t k0 = (odd ? partial[1][0] : partial[0][0]) +
+                              __shfl_xor_sync(0xffffffffu, odd ? partial[0][0] : partial[1][0], 1),
+                         k1 = (odd ? partial[1][1] : partial[0][1]) +
+                              __shfl_xor_sync(0xffffffffu, odd ? partial[0][1] : partial[1][1], 1);
+      return (high ? k1 : k0) + __shfl_xor_sync(0xffffffffu, high ? k0 : k1, 2);
+    } else {
+      const std::int32_t k = (odd ? partial[0][1] : partial[0][0]) +
+                             __shfl_xor_sync(0xffffffffu, odd ? partial[0][0] : partial[0][1], 1);
+      return k + __shfl_xor_sync(0xffffffffu, k, 2);
+    }
+  };
+  if constexpr (!scatter) {  // batch 1: the main loop as before 2026-11-27f
+    for (index_t i = 0; i < my_steps; ++i) {
+      copy_async_wait<stages - 2>();  // this step's group has landed
+      uint4 words[Tiles][2];
+      const int slot = static_cast<int>(static_cast<std::uint32_t>(i) % stages);
 #pragma unroll
-    for (int t = 0; t < Tiles; ++t)
+      for (int t = 0; t < Tiles; ++t)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) words[t][h] = ring[slot][t][h][threadIdx.x];
-    if (i + stages - 1 < my_steps) issue(i + stages - 1);  // into the slot read one step ago
-    copy_async_commit();
-    prefetch_planes(i + plane_ahead);
-    const index_t step = step_of(i);
-    // Past the row end the signs are zero-filled (A = 0) and the planes are zero: nothing to mask.
+        for (int h = 0; h < 2; ++h) words[t][h] = ring[slot][t][h][threadIdx.x];
+      if (i + stages - 1 < my_steps) issue(i + stages - 1);  // into the slot read one step ago
+      copy_async_commit();
+      prefetch_planes(i + plane_ahead);
+      const index_t step = step_of(i);
+      // Past the row end the signs are zero-filled (A = 0) and the planes are zero: nothing to mask.
 #pragma unroll
-    for (int b = 0; b < Batch; ++b) {
-      if (b >= batch) break;
-      uint4 plane[halves];
+      for (int b = 0; b < Batch; ++b) {
+        if (b >= batch) break;
+        uint4 plane[halves];
 #pragma unroll
-      for (int h = 0; h < halves; ++h) plane[h] = __ldg(plane_at(b, step, h));
-      const float d = __ldg(scales + (static_cast<std::uint32_t>(b) * n_steps + static_cast<std::uint32_t>(step)));
-      std::int32_t partial[Tiles][2] = {};
+        for (int h = 0; h < halves; ++h) plane[h] = __ldg(plane_at(b, step, h));
+        const float d = __ldg(scales + (static_cast<std::uint32_t>(b) * n_steps + static_cast<std::uint32_t>(step)));
+        std::int32_t partial[Tiles][2] = {};
 #pragma unroll
-      for (int h = 0; h < halves; ++h)
+        for (int h = 0; h < halves; ++h)
 #pragma unroll
-        for (int t = 0; t < Tiles; ++t) {
-          const std::uint32_t a0[4] = {words[t][0].x, words[t][1].x, words[t][0].y, words[t][1].y},
-                              a1[4] = {words[t][0].z, words[t][1].z, words[t][0].w, words[t][1].w};
-          std::uint32_t count[4];
-          mma_b1_and_popc(count, a0, plane[h].x, plane[h].y, zero);
-          mma_b1_and_popc(count, a1, plane[h].z, plane[h].w, count);
-          // counts <= 512, weights <= 2^15: |partial| < 2^26
-          partial[t][0] += static_cast<std::int32_t>(count[0]) * weight[h][0] +
-                           static_cast<std::int32_t>(count[1]) * weight[h][1];
-          partial[t][1] += static_cast<std::int32_t>(count[2]) * weight[h][0] +
-                           static_cast<std::int32_t>(count[3]) * weight[h][1];
-        }
-      // P of this lane's (tile, row): exact (integer sums in any order, |P| < 2^24), then the same I2F and FFMA as
-      // before, so the same bits; 3 shuffles per batch column and step at two tiles (were 8), 2 at one (were 4),
-      // and one I2F and FFMA per lane (were 2 per tile).
-      std::int32_t total;
-      const bool odd = (c & 1) != 0;
-      if constexpr (!scatter) {
+          for (int t = 0; t < Tiles; ++t) {
+            const std::uint32_t a0[4] = {words[t][0].x, words[t][1].x, words[t][0].y, words[t][1].y},
+                                a1[4] = {words[t][0].z, words[t][1].z, words[t][0].w, words[t][1].w};
+            std::uint32_t count[4];
+            mma_b1_and_popc(count, a0, plane[h].x, plane[h].y, zero);
+            mma_b1_and_popc(count, a1, plane[h].z, plane[h].w, count);
+            // counts <= 512, weights <= 2^15: |partial| < 2^26
+            partial[t][0] += static_cast<std::int32_t>(count[0]) * weight[h][0] +
+                             static_cast<std::int32_t>(count[1]) * weight[h][1];
+            partial[t][1] += static_cast<std::int32_t>(count[2]) * weight[h][0] +
+                             static_cast<std::int32_t>(count[3]) * weight[h][1];
+          }
+        // P of each (tile, row), summed over its 4 lanes in every lane (exact: integers, |P| < 2^24).
 #pragma unroll
         for (int t = 0; t < Tiles; ++t)
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            total = partial[t][r];
+            std::int32_t total = partial[t][r];
             total += __shfl_xor_sync(0xffffffffu, total, 1);
             total += __shfl_xor_sync(0xffffffffu, total, 2);
             acc_one[t][r] = fmaf(d, static_cast<float>(total), acc_one[t][r]);
           }
-        continue;
-      } else if constexpr (Tiles == 2) {
-        const bool high = (c & 2) != 0;
-        const std::int32_t k0 = (odd ? partial[1][0] : partial[0][0]) +
-                                __shfl_xor_sync(0xffffffffu, odd ? partial[0][0] : partial[1][0], 1),
-                           k1 = (odd ? partial[1][1] : partial[0][1]) +
-                                __shfl_xor_sync(0xffffffffu, odd ? partial[0][1] : partial[1][1], 1);
-        total = (high ? k1 : k0) + __shfl_xor_sync(0xffffffffu, high ? k0 : k1, 2);
-      } else {
-        const std::int32_t k = (odd ? partial[0][1] : partial[0][0]) +
-                               __shfl_xor_sync(0xffffffffu, odd ? partial[0][0] : partial[0][1], 1);
-        total = k + __shfl_xor_sync(0xffffffffu, k, 2);
       }
-      acc[b] = fmaf(d, static_cast<float>(total), acc[b]);
+    }
+  } else {
+    // Batch > 1 (2026-11-27f). (1) The mma A quads {row g, row g + 8, row g, row g + 8} of each tile and word pair
+    // are read straight into their registers by 32-bit shared loads, once per step for every batch column: from
+    // 16-byte loads ptxas rebuilt them with register moves before every mma (~29 per batch column and step at
+    // batch 8). (2) The plane words and scale are software-pipelined one batch column ahead: column b + 1's (or the
+    // next step's column 0's) loads go out before column b's mmas, into the other of two register sets (ping-pong,
+    // no copies), so their L2 latency hides behind column b's work instead of stalling its first mma. (3) The
+    // plane weights are applied as P = sum_h (n_0 + f_h n_1) 2^(8 h) 2^(2 c) (f_h = 2, or -2 for the top plane;
+    // n_i: the popcount of D column 2c + i), the same integer as sum_h (n_0 w_h0 + n_1 w_h1) in 4 instead of ~6
+    // integer instructions per row and tile (except at batch 2, below): the same P, so the same I2F and FFMA, the
+    // same bits. (4) No L1 prefetch of the planes (plane_ahead). ptxas -v (sm_90, bench build, two tiles, batch 2 /
+    // 4 / 8): 93 / 104 / 106 registers (were 106 / 108 / 112), no spills.
+    // One batch column's planes (half h at + 8 h plane_block_words / 4) and scale, at plane_at's addresses.
+    auto load_column = [&](const uint4* column_planes, const float* column_scale, uint4(&plane)[halves], float& d) {
+#pragma unroll
+      for (int h = 0; h < halves; ++h) plane[h] = __ldg(column_planes + 8 * h * (plane_block_words / 4));
+      d = __ldg(column_scale);
+    };
+    // Two integer-exact codings, chosen per instance by timings (2026-11-27f; the rest of the loop is the same, ptxas
+    // schedules each instance differently): per-step base addresses (column b + 1's planes and scale from the step's
+    // column 0) at batch 4, the per-plane weights (as at batch 1) at batch 2, neither at batch 8. H100 run(), 4096 /
+    // 8192 rows: batch 4 11.92 / 24.80 us against 12.44 / 25.78 with neither, batch 2 8.75 / 20.26 against 9.02 /
+    // 20.86, batch 8 19.18 / 36.19 against 19.25 / 36.18 (H200, the alternatives one at a time, gave the same picks).
+    constexpr bool step_base = Batch == 4, plane_weights = Batch == 2;
+    std::int32_t odd_factor[halves];
+#pragma unroll
+    for (int h = 0; h < halves; ++h) odd_factor[h] = 8 * h + 2 * c + 1 == Bits - 1 ? -2 : 2;
+    const std::int32_t lane_weight = 1 << (2 * c);
+    uint4 plane[2][halves];  // batch column b's in set b % 2
+    float d[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int h = 0; h < halves; ++h) plane[1][h] = make_uint4(0, 0, 0, 0);
+    if (my_steps > 0)
+      load_column(plane_at(0, step_of(0), 0), scales + static_cast<std::uint32_t>(step_of(0)), plane[0], d[0]);
+    for (index_t i = 0; i < my_steps; ++i) {
+      copy_async_wait<stages - 2>();  // this step's group has landed
+      const int slot = static_cast<int>(static_cast<std::uint32_t>(i) % stages);
+      std::uint32_t a[Tiles][2][4];
+#pragma unroll
+      for (int t = 0; t < Tiles; ++t)
+#pragma unroll
+        for (int q = 0; q < 2; ++q)
+#pragma unroll
+          for (int r = 0; r < 4; ++r)
+            a[t][q][r] = load_shared_32(reinterpret_cast<const std::uint32_t*>(&ring[slot][t][r % 2][threadIdx.x]) +
+                                        2 * q + r / 2);
+      if (i + stages - 1 < my_steps) issue(i + stages - 1);  // into the slot read one step ago
+      copy_async_commit();
+      const index_t step = step_of(i), next_step = step_of(min(i + 1, my_steps - 1));
+      const uint4 *step_planes = plane_at(0, step, 0), *next_planes = plane_at(0, next_step, 0);
+      const float *step_scales = scales + static_cast<std::uint32_t>(step),
+                  *next_scales = scales + static_cast<std::uint32_t>(next_step);
+      // Past the row end the signs are zero-filled (A = 0) and the planes are zero: nothing to mask.
+#pragma unroll
+      for (int b = 0; b < Batch; ++b) {
+        if (b >= batch) break;
+        const int now = b % 2, ahead = 1 - now;
+        // Unpredicated (a predicated load must keep the old registers: more moves): after the last step this
+        // reloads its column 0, unused.
+        const bool more = b + 1 < batch;
+        if constexpr (step_base) {
+          load_column(more ? step_planes + static_cast<std::uint32_t>(b + 1) * column_vectors : next_planes,
+                      more ? step_scales + static_cast<std::uint32_t>(b + 1) * n_steps : next_scales, plane[ahead],
+                      d[ahead]);
+        } else {
+          load_column(plane_at(more ? b + 1 : 0, more ? step : next_step, 0),
+                      scales + (static_cast<std::uint32_t>(more ? b + 1 : 0) * n_steps +
+                                static_cast<std::uint32_t>(more ? step : next_step)), plane[ahead], d[ahead]);
+        }
+        std::uint32_t count[halves][Tiles][4];
+#pragma unroll
+        for (int h = 0; h < halves; ++h)
+#pragma unroll
+          for (int t = 0; t < Tiles; ++t) {
+            mma_b1_and_popc(count[h][t], a[t][0], plane[now][h].x, plane[now][h].y, zero);
+            mma_b1_and_popc(count[h][t], a[t][1], plane[now][h].z, plane[now][h].w, count[h][t]);
+          }
+        std::int32_t partial[Tiles][2];
+        if constexpr (plane_weights) {
+#pragma unroll
+          for (int t = 0; t < Tiles; ++t)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              partial[t][r] = 0;
+#pragma unroll
+              for (int h = 0; h < halves; ++h)
+                partial[t][r] += static_cast<std::int32_t>(count[h][t][2 * r]) * weight[h][0] +
+                                 static_cast<std::int32_t>(count[h][t][2 * r + 1]) * weight[h][1];
+            }
+        } else {
+#pragma unroll
+          for (int t = 0; t < Tiles; ++t)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {  // counts <= 512: |sum| < 2^20, |partial| < 2^26
+              std::int32_t sum = 0;
+#pragma unroll
+              for (int h = halves - 1; h >= 0; --h)
+                sum = sum * 256 + static_cast<std::int32_t>(count[h][t][2 * r]) +
+                      odd_factor[h] * static_cast<std::int32_t>(count[h][t][2 * r + 1]);
+              partial[t][r] = sum * lane_weight;
+            }
+        }
+        acc[b] = fmaf(d[now], static_cast<float>(scatter_total(partial)), acc[b]);
+      }
+      if (batch % 2 != 0) {  // the next step's column 0 went into set 1
+#pragma unroll
+        for (int h = 0; h < halves; ++h) plane[0][h] = plane[1][h];
+        d[0] = d[1];
+      }
     }
   }
 
