@@ -130,8 +130,12 @@ def markdown(rows):
             head.append("× FP (" + EVAL_TITLES.get(evals[0], evals[0]).split(" (")[0].split(",")[0] + ")")
         head.append("quantize s (machine)")
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        unreachable = {}  # key -> smallest reachable full bpw
         for key in sorted(table, key=lambda k: config_order(table[k])):
             runs = table[key]
+            if all("unreachable" in r.get("quantize", {}) for r in runs):
+                unreachable[key] = min(r["quantize"]["smallest_full_bpw"] for r in runs)
+                continue
             full, paper = bpw(runs, "full_bpw"), bpw(runs, "paper_bpw")
             calibrated = any(r.get("quantize", {}).get("calib_windows") for r in runs)
             cells = [key, "%.3f" % full if full else "–", "%.3f" % paper if paper else "–",
@@ -148,9 +152,13 @@ def markdown(rows):
                          if secs else "–")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+        if unreachable:
+            out += ["Does not fit (no configuration of the method is that small for this model's matrices; smallest "
+                    "reachable full bpw): " + "; ".join("%s: %.3f" % kv for kv in unreachable.items()) + ".", ""]
         import run  # what a full run measures
         missing = [c + ": " + ", ".join(e for e in run.MODELS[model]["full"] if not summary(table.get(c, []), e))
-                   for c in run.CONFIGS if any(not summary(table.get(c, []), e) for e in run.MODELS[model]["full"])]
+                   for c in run.CONFIGS if c not in unreachable
+                   and any(not summary(table.get(c, []), e) for e in run.MODELS[model]["full"])]
         if missing:
             out += ["Not measured yet (full evaluation, seed 0): " + "; ".join(missing) + ".", ""]
         machines = sorted({e["machine"] for runs in table.values() for r in runs for e in r.get("evals", {}).values()})

@@ -183,8 +183,13 @@ class Run:
     def shared(self, rel):
         return os.path.join(self.args.shared, rel)
 
+    def unreachable(self):
+        """The budget is below the smallest configuration the method can store for this model (recorded, not
+        retried: rerun with --force after a change that could make it fit)."""
+        return "unreachable" in self.record.get("quantize", {})
+
     def missing(self, evals):
-        return [e for e in evals if e not in self.record.get("evals", {})]
+        return [] if self.unreachable() else [e for e in evals if e not in self.record.get("evals", {})]
 
     def save(self):
         # Another process (a second runner, --merge) may have added evaluations meanwhile: keep them.
@@ -197,7 +202,7 @@ class Run:
         write_json_atomic(self.cache, self.record)
 
     def quantized(self):
-        return "quantize" in self.record and os.path.exists(self.qfile)
+        return "quantize" in self.record and (self.unreachable() or os.path.exists(self.qfile))
 
     def quantize(self, batch=()):
         """Quantizes this run. toga: one CLI call for this run and the toga runs `batch` of the same model and
@@ -217,7 +222,20 @@ class Run:
                     "--seed", str(self.seed)]
         cmd += ["--threads", str(self.args.threads), "--out", out_path, "--report", report_of(out_path)]
         log("quantize", self.model, ",".join(r.id for r in runs))
-        out, seconds = run_command(cmd, self.logfile)
+        try:
+            out, seconds = run_command(cmd, self.logfile)
+        except RuntimeError:
+            with open(self.logfile) as f:
+                last = (f.read().strip().splitlines() or [""])[-1]
+            m = re.search(r"no \S+ configuration fits .* smallest reachable is (\S+)", last)
+            if len(runs) > 1 or not m:
+                raise
+            self.record["quantize"] = {"unreachable": last, "smallest_full_bpw": float(m.group(1)),
+                                       "command": " ".join(cmd), "cli_sha256": cli_id(self.args.cli),
+                                       "machine": machine(), "date": now()}
+            self.save()
+            log("  %s %s: does not fit (smallest reachable %s full bpw)" % (self.model, self.id, m.group(1)))
+            return
         for r in runs:
             if len(runs) > 1:
                 made = out_path.replace("{bpw}", "%g" % float(r.extra[1]))
@@ -272,7 +290,7 @@ class Run:
                     self.quantize(batch)
         elif self.method is not None and not self.quantized():
             self.quantize()  # deterministic: the same CLI, options and seed give the same file on any machine
-        for e in todo:
+        for e in self.missing(evals):
             self.evaluate(e)
 
 
