@@ -92,7 +92,6 @@ struct q1_0_rows {
   __device__ staged_groups stage_groups(std::uint32_t*, float*) const { return {}; }
   __device__ index_t fold_column(index_t j) const { return j < w.cols ? j : -1; }
   __device__ float fold_scale(index_t, staged_groups) const { return 1.0f; }
-  __device__ index_t tail_column(index_t k) const { return k; }  ///< never read: tail_cols() is 0
   __device__ float vector_scale(index_t r, index_t v) const { return to_float(w.scales[r * w.groups_per_row() + v]); }
   __device__ float row_scale(index_t) const { return 1.0f; }
   __device__ float salient_scale(index_t) const { return 0.0f; }
@@ -191,10 +190,12 @@ __launch_bounds__(Threads) SAGEPTQ_KERNEL
                         hi = operand_bits<T>(fold_value(rows, row, 32 * w + s + 16));
     pairs[b * static_cast<index_t>(per_batch) + i] = lo | (std::uint32_t{hi} << 16);
     pair_sum = to_float(bits_as<T>(lo)) + to_float(bits_as<T>(hi));
-  } else if (const std::uint32_t k = i - per_batch; i < per_batch + padded) {
-    const std::uint16_t v = operand_bits<T>(k < tail_cols ? tail_value(rows, row, k) : 0.0f);
-    tail[b * padded + k] = v;
-    tail_sum = to_float(bits_as<T>(v));
+  } else if constexpr (Rows::has_tail) {
+    if (const std::uint32_t k = i - per_batch; i < per_batch + padded) {
+      const std::uint16_t v = operand_bits<T>(k < tail_cols ? tail_value(rows, row, k) : 0.0f);
+      tail[b * padded + k] = v;
+      tail_sum = to_float(bits_as<T>(v));
+    }
   }
   using block_reduce = cub::BlockReduce<float, Threads>;
   __shared__ typename block_reduce::TempStorage storage;

@@ -255,10 +255,6 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
   static_assert(Rows::unit_vector_scale && Rows::has_tail, "activation planes implement sage rows");
   static_assert(Stages >= 2, "the ring needs a slot to read and one to fill");
   constexpr int block_rows = 16 * Tiles, stages = Stages, halves = Bits / 8;
-  // How far ahead the plane words are prefetched into L1: the whole ring at batch 1 (1 KB per step and warp); none at
-  // larger batches since 2026-11-27f (the loads are software-pipelined there; the prefetch was one step ahead and
-  // cost 16 CCTL with their address math per step at batch 8, and H200 run() was 14-16% slower with it at batch 4-8).
-  constexpr int plane_ahead = Batch == 1 ? stages - 1 : 0;
   const int m = problem_of_block(p.first_block, p.count);
   const Rows& rows = p.rows[m];
   const std::uint16_t* __restrict__ tail = p.tail[m];
@@ -338,7 +334,7 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
   copy_async_commit();
 
   // Plane words of (batch column b, half h) for this thread at a step: one 16-byte piece of the 512 bytes a warp
-  // reads (coalesced); at batch 1 prefetched into L1 as far ahead as the sign ring.
+  // reads (coalesced).
   // 32-bit offsets (the workspace is far below 16 GB): fewer 64-bit multiplies per batch column.
   const auto column_vectors = static_cast<std::uint32_t>(plane_words(row_words, Bits) / 4);
   const uint4* my_planes = reinterpret_cast<const uint4*>(p.planes[m]) + (g * plane_block_words + 4 * c) / 4;
@@ -348,16 +344,6 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
     return my_planes + (static_cast<std::uint32_t>(b) * column_vectors +
                         (static_cast<std::uint32_t>(step) * Bits + 8 * h) * (plane_block_words / 4));
   };
-  auto prefetch_planes = [&](index_t i) {
-    if (i >= my_steps) return;
-#pragma unroll
-    for (int b = 0; b < Batch; ++b)
-#pragma unroll
-      for (int h = 0; h < halves; ++h)
-        if (b < batch) prefetch_l1(plane_at(b, step_of(i), h));
-  };
-#pragma unroll
-  for (int i = 0; i < plane_ahead; ++i) prefetch_planes(i);
 
   // Weights of this thread's D columns 2c and 2c + 1 (planes 8 h + 2c + i); the top plane is the sign (negative).
   std::int32_t weight[halves][2];
@@ -395,7 +381,22 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
       return k + __shfl_xor_sync(0xffffffffu, k, 2);
     }
   };
-  if constexpr (!scatter) {  // batch 1: the main loop as before 2026-11-27f
+  if constexpr (!scatter) {  // batch 1
+    // The planes and scale of step i + 1 are loaded during step i, into registers, and step i's plane lines are
+    // prefetched into L1 after its work (2026-11-27g; was an L1 prefetch of the planes as far ahead as the ring and
+    // the scale loaded at its step, an L2 round trip under the next launch's weight stream in every step). H100 run()
+    // at batch 1, same call: 7.75 -> 7.00 us at 4096 x 14336, 18.02 -> 17.23 at 8192 x 28672. The trailing prefetch
+    // (of lines already loaded) is measured, not understood: without it 7.70 / 17.76, at the step's start 7.13 /
+    // 17.22; two steps ahead 7.67 / 17.89; the scale prefetched into L1 as well 11.54 / 31.65.
+    uint4 next_plane[halves];
+    float next_d = 0.0f;
+    auto load_step = [&](index_t i) {  // past the last step: its planes again, unused
+      const index_t step = step_of(min(i, my_steps - 1));
+#pragma unroll
+      for (int h = 0; h < halves; ++h) next_plane[h] = __ldg(plane_at(0, step, h));
+      next_d = __ldg(scales + static_cast<std::uint32_t>(step));
+    };
+    if (my_steps > 0) load_step(0);
     for (index_t i = 0; i < my_steps; ++i) {
       copy_async_wait<stages - 2>();  // this step's group has landed
       uint4 words[Tiles][2];
@@ -406,16 +407,15 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
         for (int h = 0; h < 2; ++h) words[t][h] = ring[slot][t][h][threadIdx.x];
       if (i + stages - 1 < my_steps) issue(i + stages - 1);  // into the slot read one step ago
       copy_async_commit();
-      prefetch_planes(i + plane_ahead);
-      const index_t step = step_of(i);
       // Past the row end the signs are zero-filled (A = 0) and the planes are zero: nothing to mask.
 #pragma unroll
-      for (int b = 0; b < Batch; ++b) {
+      for (int b = 0; b < Batch; ++b) {  // Batch == 1 here
         if (b >= batch) break;
         uint4 plane[halves];
 #pragma unroll
-        for (int h = 0; h < halves; ++h) plane[h] = __ldg(plane_at(b, step, h));
-        const float d = __ldg(scales + (static_cast<std::uint32_t>(b) * n_steps + static_cast<std::uint32_t>(step)));
+        for (int h = 0; h < halves; ++h) plane[h] = next_plane[h];
+        const float d = next_d;
+        load_step(i + 1);
         std::int32_t partial[Tiles][2] = {};
 #pragma unroll
         for (int h = 0; h < halves; ++h)
@@ -443,6 +443,8 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
             acc_one[t][r] = fmaf(d, static_cast<float>(total), acc_one[t][r]);
           }
       }
+#pragma unroll
+      for (int h = 0; h < halves; ++h) prefetch_l1(plane_at(0, step_of(i), h));  // see above
     }
   } else {
     // Batch > 1 (2026-11-27f). (1) The mma A quads {row g, row g + 8, row g, row g + 8} of each tile and word pair
@@ -454,7 +456,7 @@ __launch_bounds__(Warps * 32, MinBlocks) SAGEPTQ_KERNEL
     // plane weights are applied as P = sum_h (n_0 + f_h n_1) 2^(8 h) 2^(2 c) (f_h = 2, or -2 for the top plane;
     // n_i: the popcount of D column 2c + i), the same integer as sum_h (n_0 w_h0 + n_1 w_h1) in 4 instead of ~6
     // integer instructions per row and tile (except at batch 2, below): the same P, so the same I2F and FFMA, the
-    // same bits. (4) No L1 prefetch of the planes (plane_ahead). ptxas -v (sm_90, bench build, two tiles, batch 2 /
+    // same bits. (4) No L1 prefetch of the planes. ptxas -v (sm_90, bench build, two tiles, batch 2 /
     // 4 / 8): 93 / 104 / 106 registers (were 106 / 108 / 112), no spills.
     // One batch column's planes (half h at + 8 h plane_block_words / 4) and scale, at plane_at's addresses.
     auto load_column = [&](const uint4* column_planes, const float* column_scale, uint4(&plane)[halves], float& d) {
