@@ -56,10 +56,11 @@ def family(config):
 
 
 def config_order(runs):
-    import run  # the table follows run.py's configuration order
-    names = list(run.CONFIGS)
-    config = runs[0]["config"]
-    return (names.index(config) if config in names else len(names), runs[0].get("tag") or "")
+    """run.py's configuration order; a budget outside run.py's list (sage@2.04) sits among its method's by budget."""
+    import run
+    names = [n.partition("@")[0] for n in run.CONFIGS]
+    base, _, budget = runs[0]["config"].partition("@")
+    return (names.index(base) if base in names else len(names), base, float(budget or 0), runs[0].get("tag") or "")
 
 
 def load(results):
@@ -107,6 +108,7 @@ def markdown(rows):
            "chosen on. *full bpw* counts every stored bit of the quantized linear layers (signs, scales, group ids, "
            "salient positions and values); *paper bpw* counts what papers usually report. FP rows: the source dtype "
            "(bf16 = 16, f32 = 32). Rows with several calibration seeds show mean ± half the range (n = seeds). "
+           "sage@2.04 and sage@2.19 sit at gptq2's and gptq2-g128's bit counts (a same-bits comparison). "
            "togaN@X: toga with N input-channel blocks per linear, each with its own precision (--column-blocks N). "
            "Tagged rows (config-TAG) are variants of the code measured to choose a default; untagged sage and toga "
            "rows use the default: salient grids weighted by H_jj (since 2026-11-27; its first runs were tagged gw). "
